@@ -1,0 +1,161 @@
+"""LocomotionEnv: API checks, determinism, standing on terrain, validation, physics blow-ups."""
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from envs import ENV_IDS
+from envs.locomotion import LocomotionEnv
+from envs.tasks import Goal, Physics, Task, Terrain
+from envs.terrain import terrain_kinds
+
+ROBOTS = sorted(ENV_IDS)
+SOME_TASKS = [
+    Task(),
+    Task(Terrain("rough", 0.7, 3), Physics(friction=0.4, mass_scale=1.3, payload=2.0), Goal(target_velocity=1.0)),
+    Task(Terrain("stairs_down", 1.0, 1), Physics(motor_strength=0.6, disabled_actuators=(0,))),
+]
+
+
+def make(robot: str, **kwargs) -> gym.Env:
+    return gym.make(ENV_IDS[robot], **kwargs)
+
+
+@pytest.mark.parametrize("robot", ROBOTS)
+@pytest.mark.parametrize("task_index", range(len(SOME_TASKS)))
+def test_gymnasium_and_sb3_checkers_pass(robot: str, task_index: int) -> None:
+    env = make(robot, task=SOME_TASKS[task_index], height_scan=task_index > 0, goal_in_obs=task_index == 2)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+@pytest.mark.parametrize("robot", ROBOTS)
+def test_same_seed_and_task_is_bit_for_bit_identical(robot: str) -> None:
+    task = Task(Terrain("rough", 0.8, 11), Physics(friction=0.7))
+    actions = np.random.default_rng(0).uniform(-1, 1, (200, *make(robot).action_space.shape))
+
+    def trajectory() -> np.ndarray:
+        env = make(robot, task=task, height_scan=True)
+        obs, _ = env.reset(seed=42)
+        observations = [obs]
+        for action in actions:
+            obs, _, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            if terminated or truncated:
+                obs, _ = env.reset()
+        return np.array(observations)
+
+    first, second = trajectory(), trajectory()
+    assert first.shape[0] == 201
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("robot", ROBOTS)
+def test_spaces_keep_their_shape_across_tasks(robot: str) -> None:
+    env = make(robot, height_scan=True)
+    shape = env.observation_space.shape
+    for task in SOME_TASKS:
+        obs, _ = env.reset(seed=0, options={"task": task})
+        assert obs.shape == shape
+        assert env.observation_space.shape == shape
+
+
+@pytest.mark.parametrize("robot", ROBOTS)
+@pytest.mark.parametrize("kind", terrain_kinds())
+def test_robot_starts_on_not_in_the_ground(robot: str, kind: str) -> None:
+    env = make(robot, task=Task(Terrain(kind, 1.0, 0)))
+    env.reset(seed=1)
+    model, data = env.unwrapped.model, env.unwrapped.data
+    depths = [data.contact[i].dist for i in range(data.ncon)]
+    assert min(depths, default=0.0) > -0.01, f"starts {min(depths):.3f} m inside the ground"
+    for _ in range(20):
+        env.step(np.zeros(model.nu))
+    torso = data.body("torso").xpos
+    assert torso[2] > 0.1, "the torso must stay above the ground after settling"
+
+
+def test_goal_is_hidden_by_default_and_shown_when_asked() -> None:
+    slow, fast = Task(goal=Goal(target_velocity=0.5)), Task(goal=Goal(target_velocity=1.5))
+    hidden = make("cheetah")
+    shown = make("cheetah", goal_in_obs=True)
+    assert shown.observation_space.shape[0] == hidden.observation_space.shape[0] + 4
+    a = hidden.reset(seed=0, options={"task": slow})[0]
+    b = hidden.reset(seed=0, options={"task": fast})[0]
+    assert np.array_equal(a, b), "without goal_in_obs the goal must not leak into the observation"
+    a = shown.reset(seed=0, options={"task": slow})[0]
+    b = shown.reset(seed=0, options={"task": fast})[0]
+    assert not np.array_equal(a, b)
+
+
+def test_reward_parts_are_in_info_and_add_up() -> None:
+    env = make("quadruped", task=Task(goal=Goal(target_velocity=0.5)))
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(env.action_space.sample())
+    assert reward == pytest.approx(info["reward_forward"] + info["reward_ctrl"] + info["reward_healthy"])
+    assert info["reward_forward"] == pytest.approx(-abs(info["forward_velocity"] - 0.5))
+    assert isinstance(info["task"], Task)
+    assert {"x_position", "y_position", "terrain_height", "physics_unstable"} <= set(info)
+
+
+def test_height_scan_sees_the_terrain_ahead() -> None:
+    env = make("cheetah", height_scan=True)
+    n = env.unwrapped.spec_robot.n_scan
+    flat = env.reset(seed=0, options={"task": Task()})[0][-n:]
+    # Move the robot onto the stairs and compare the scan with flat ground at the same place.
+    stairs = Task(Terrain("stairs_up", 1.0, 0))
+    env.reset(seed=0, options={"task": stairs})
+    env.unwrapped.data.qpos[0] = 5.0
+    mujoco.mj_forward(env.unwrapped.model, env.unwrapped.data)
+    scan = env.unwrapped._observation()[-n:]
+    assert np.all(np.isclose(flat, flat[0])), "on flat ground every scan point is at the same depth"
+    assert scan[-1] < scan[0] - 0.1, "stairs ahead are closer to the torso than the ground behind"
+
+
+def test_sample_tasks_uses_the_family_and_checks_the_robot() -> None:
+    env = make("cheetah", task_family="cheetah_velocity", task_seed=3)
+    tasks = env.unwrapped.sample_tasks(5)
+    assert tasks == gym.make(ENV_IDS["cheetah"], task_family="cheetah_velocity", task_seed=3).unwrapped.sample_tasks(5)
+    with pytest.raises(ValueError, match="task_family"):
+        make("cheetah", task_family="quadruped_terrain_physics")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"render_mode": "depth"}, "render_mode"), ({"camera": "nope"}, "camera"),
+     ({"robot": "octopus"}, "robot"), ({"task": {"terrain": {"kind": "lava"}}}, "terrain.kind")],
+)
+def test_constructor_validation(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        LocomotionEnv(**{"robot": "cheetah", **kwargs})
+
+
+def test_planar_robot_rejects_sideways_direction_and_bad_actuator() -> None:
+    env = make("cheetah")
+    with pytest.raises(ValueError, match="goal.direction"):
+        env.unwrapped.set_task(Task(goal=Goal(direction=1.0)))
+    with pytest.raises(ValueError, match="disabled_actuators"):
+        env.unwrapped.set_task(Task(physics=Physics(disabled_actuators=(6,))))
+
+
+def test_non_finite_state_ends_the_episode_without_raising() -> None:
+    env = make("cheetah")
+    env.reset(seed=0)
+    env.unwrapped.data.qvel[:] = 1e30
+    obs, _, terminated, _, info = env.step(np.zeros(6))
+    assert info["physics_unstable"] is True
+    assert terminated
+    assert np.isfinite(obs).all()
+    obs, _ = env.reset(seed=0)
+    _, _, _, _, info = env.step(np.zeros(6))
+    assert info["physics_unstable"] is False
+
+
+def test_leaving_the_course_truncates() -> None:
+    env = make("cheetah")
+    env.reset(seed=0)
+    env.unwrapped.data.qpos[0] = env.unwrapped.spec_robot.grid.x_end - 1.0
+    _, _, _, truncated, info = env.step(np.zeros(6))
+    assert truncated and info["out_of_course"]

@@ -1,0 +1,214 @@
+"""MAML: adaptation is used, the meta-gradient is exact, and a MAML-TRPO step is a safe update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.episodes import Episodes
+from agents.maml import (
+    MAMLTRPO,
+    MAMLConfig,
+    adapt,
+    adapt_k_steps,
+    detach_distribution,
+    inner_loss,
+    masked_mean,
+    outer_objective,
+    prepare_tasks,
+)
+from agents.policy import GaussianMLPPolicy
+from agents.returns import baseline_advantages
+from agents.trpo import flatten_params, unflatten_params
+
+INNER_LR = 0.5
+
+
+def make_policy(seed: int = 0, dtype: torch.dtype = torch.float64) -> GaussianMLPPolicy:
+    torch.manual_seed(seed)
+    return GaussianMLPPolicy(obs_dim=2, act_dim=1, hidden_sizes=(4,), init_log_std=-0.5).to(dtype)
+
+
+def make_episodes(
+    policy: GaussianMLPPolicy, goal: float, seed: int, horizon: int = 6, batch: int = 5
+) -> Episodes:
+    """Episodes with actions drawn from `policy` and rewards -(a - goal * obs_0)^2, padded."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(policy.parameters()).dtype
+    lengths = torch.randint(2, horizon + 1, (batch,), generator=gen)
+    lengths[0] = horizon
+    mask = (torch.arange(horizon).unsqueeze(1) < lengths.unsqueeze(0)).to(dtype)
+    obs = torch.randn(horizon, batch, 2, generator=gen, dtype=dtype) * mask.unsqueeze(-1)
+    with torch.no_grad():
+        dist = policy(obs)
+        noise = torch.randn(horizon, batch, 1, generator=gen, dtype=dtype)
+        actions = (dist.base_dist.loc + dist.base_dist.scale * noise) * mask.unsqueeze(-1)
+    rewards = -((actions[..., 0] - goal * obs[..., 0]) ** 2) * mask
+    return Episodes(obs, actions, rewards, mask, torch.zeros(batch, dtype=torch.bool))
+
+
+def make_tasks(policy: GaussianMLPPolicy, goals=(1.0, -1.0)) -> list[tuple[Episodes, Episodes]]:
+    return [
+        (make_episodes(policy, g, seed=10 * i), make_episodes(policy, g, seed=10 * i + 1))
+        for i, g in enumerate(goals)
+    ]
+
+
+def test_adapted_log_probs_differ_and_original_params_are_untouched() -> None:
+    policy = make_policy()
+    train, _ = make_tasks(policy)[0]
+    params = policy.parameters_dict()
+    before = {k: v.detach().clone() for k, v in params.items()}
+    adapted = adapt(policy, params, train, INNER_LR)
+    assert set(adapted) == set(params)
+    logp_orig = policy(train.observations).log_prob(train.actions)
+    logp_adapted = policy(train.observations, adapted).log_prob(train.actions)
+    assert (logp_adapted - logp_orig).abs().max() > 1e-3
+    # The step went downhill on the inner loss, and the module was not written.
+    adv = baseline_advantages(train)
+    assert inner_loss(policy, adapted, train, adv) < inner_loss(policy, params, train, adv)
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name])
+
+
+def test_adapt_is_one_sgd_step_and_k_steps_compose() -> None:
+    policy = make_policy()
+    train, _ = make_tasks(policy)[0]
+    params = policy.parameters_dict()
+    adv = baseline_advantages(train)
+    grads = torch.autograd.grad(inner_loss(policy, params, train, adv), list(params.values()))
+    adapted = adapt(policy, params, train, INNER_LR)
+    for (name, p), g in zip(params.items(), grads, strict=True):
+        torch.testing.assert_close(adapted[name], p - INNER_LR * g)
+    two = adapt_k_steps(policy, params, train, INNER_LR, num_steps=2)
+    by_hand = adapt(policy, adapt(policy, params, train, INNER_LR), train, INNER_LR)
+    for name in params:
+        torch.testing.assert_close(two[name], by_hand[name])
+    # A callable gets the detached current parameters and the step index.
+    seen: list[int] = []
+
+    def fresh(k: int, current: dict[str, torch.Tensor]) -> Episodes:
+        assert not any(t.requires_grad for t in current.values())
+        seen.append(k)
+        return train
+
+    from_fn = adapt_k_steps(policy, params, fresh, INNER_LR, num_steps=2)
+    assert seen == [0, 1]
+    for name in params:
+        torch.testing.assert_close(from_fn[name], by_hand[name])
+    with pytest.raises(ValueError, match="num_steps"):
+        adapt_k_steps(policy, params, [train], INNER_LR, num_steps=2)
+
+
+def test_outer_objective_evaluates_the_adapted_parameters() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy))
+    params = policy.parameters_dict()
+    # Old policy = the unadapted one, so the ratio is not identically 1.
+    old = [detach_distribution(policy(t.valid.observations)) for t in tasks]
+    result = outer_objective(policy, params, tasks, INNER_LR, old_distributions=old)
+
+    by_hand, unadapted = [], []
+    for task, old_dist in zip(tasks, old, strict=True):
+        adapted = adapt(policy, params, task.train, INNER_LR)
+        for name in params:
+            torch.testing.assert_close(result.adapted[len(by_hand)][name], adapted[name])
+        for store, p in ((by_hand, adapted), (unadapted, params)):
+            logp = policy(task.valid.observations, p).log_prob(task.valid.actions)
+            ratio = torch.exp(logp - old_dist.log_prob(task.valid.actions))
+            store.append(-masked_mean(ratio * task.valid_advantages, task.valid.mask))
+    torch.testing.assert_close(result.loss, torch.stack(by_hand).mean())
+    assert abs((result.loss - torch.stack(unadapted).mean()).item()) > 1e-3
+    assert result.kl.item() > 0
+
+
+def meta_gradient(policy, tasks, first_order: bool, old) -> torch.Tensor:
+    params = {k: v.detach().requires_grad_(True) for k, v in policy.named_parameters()}
+    loss = outer_objective(
+        policy, params, tasks, INNER_LR, first_order=first_order, old_distributions=old
+    ).loss
+    return flatten_params(dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True)))
+
+
+def test_second_order_meta_gradient_matches_finite_differences() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy))
+    params = policy.parameters_dict()
+    # Fixed old (sampling) policies: the adapted ones at the starting point.
+    old = [detach_distribution(d) for d in outer_objective(policy, params, tasks, INNER_LR).distributions]
+
+    second = meta_gradient(policy, tasks, first_order=False, old=old)
+    first = meta_gradient(policy, tasks, first_order=True, old=old)
+
+    theta = flatten_params({k: v.detach() for k, v in params.items()})
+
+    def objective(flat: torch.Tensor) -> float:
+        loss = outer_objective(
+            policy, unflatten_params(flat, params), tasks, INNER_LR, old_distributions=old
+        ).loss
+        return loss.item()
+
+    eps = 1e-6
+    numeric = torch.zeros_like(theta)
+    for i in range(theta.numel()):
+        e = torch.zeros_like(theta)
+        e[i] = eps
+        numeric[i] = (objective(theta + e) - objective(theta - e)) / (2 * eps)
+
+    scale = float(numeric.norm())
+    assert scale > 1e-3
+    assert float((second - numeric).norm()) / scale < 1e-6
+    # The first-order gradient misses the second-order terms, visibly at this inner step size.
+    assert float((first - numeric).norm()) / scale > 1e-2
+
+
+def test_mamltrpo_step_is_a_safe_improving_update() -> None:
+    policy = make_policy()
+    tasks = make_tasks(policy)
+    config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-2)
+    learner = MAMLTRPO(policy, config)
+    data = prepare_tasks(tasks)
+    theta0 = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    before = outer_objective(policy, theta0, data, INNER_LR)
+    old = [detach_distribution(d) for d in before.distributions]
+
+    record = learner.step(tasks)
+
+    assert record.step_accepted and 0 < record.step_fraction <= 1
+    changed = flatten_params(policy.parameters_dict()).detach() - flatten_params(theta0)
+    assert float(changed.abs().max()) > 1e-6
+    after = outer_objective(policy, policy.parameters_dict(), data, INNER_LR, old_distributions=old)
+    assert after.kl.item() <= config.max_kl * (1 + 1e-6)
+    assert after.loss.item() < before.loss.item()
+    assert record.loss_after == pytest.approx(after.loss.item(), rel=1e-6)
+    assert record.loss_before == pytest.approx(before.loss.item(), rel=1e-6)
+    assert record.pre_adapt_return == pytest.approx(
+        float(torch.stack([t[0].total_returns().mean() for t in tasks]).mean())
+    )
+    figures = record.to_dict()
+    assert all(isinstance(v, bool) or torch.isfinite(torch.tensor(v)) for v in figures.values())
+    assert figures["time_total"] >= figures["time_gradient"] > 0
+
+
+@pytest.mark.parametrize(("optimizer", "first_order"), [("adam", True), ("trpo", True)])
+def test_mamltrpo_other_modes_update_the_policy(optimizer: str, first_order: bool) -> None:
+    policy = make_policy(dtype=torch.float32)
+    tasks = make_tasks(policy)
+    learner = MAMLTRPO(
+        policy, MAMLConfig(inner_lr=INNER_LR, first_order=first_order, outer_optimizer=optimizer)
+    )
+    theta0 = flatten_params(policy.parameters_dict()).detach().clone()
+    record = learner.step(tasks)
+    assert record.step_accepted
+    assert float((flatten_params(policy.parameters_dict()).detach() - theta0).abs().max()) > 1e-6
+    adapted = learner.adapt(tasks[0][0])
+    assert not any(t.requires_grad for t in adapted.values())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("inner_lr", 0.0), ("max_kl", -1.0), ("outer_optimizer", "sgd"), ("num_inner_steps", 0)],
+)
+def test_config_rejects_invalid_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        MAMLConfig(**{field: value})
