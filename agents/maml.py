@@ -96,17 +96,10 @@ def adapt(
     if advantages is None:
         advantages = baseline_advantages(episodes, gamma, gae_lambda, normalize_advantages)
     with torch.enable_grad():
-        inputs = {
-            name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()
-        }
+        inputs = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
         loss = inner_loss(policy, inputs, episodes, advantages)
-        grads = torch.autograd.grad(
-            loss, list(inputs.values()), create_graph=not first_order, allow_unused=True
-        )
-        return {
-            name: p if g is None else p - inner_lr * g
-            for (name, p), g in zip(inputs.items(), grads, strict=True)
-        }
+        grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=not first_order, allow_unused=True)
+        return {name: p if g is None else p - inner_lr * g for (name, p), g in zip(inputs.items(), grads, strict=True)}
 
 
 def adapt_k_steps(
@@ -234,9 +227,7 @@ def outer_objective(
     """
     losses, kls, adapted_all, dists = [], [], [], []
     for i, task in enumerate(tasks):
-        adapted = adapt_k_steps(
-            policy, params, task.train, inner_lr, num_steps, first_order, task.train_advantages
-        )
+        adapted = adapt_k_steps(policy, params, task.train, inner_lr, num_steps, first_order, task.train_advantages)
         valid = task.valid
         dist = policy(valid.observations, adapted)
         old = detach_distribution(dist) if old_distributions is None else old_distributions[i]
@@ -365,9 +356,7 @@ class MAMLTRPO:
         old: Sequence[Independent] | None = None,
     ) -> OuterResult:
         cfg = self.config
-        return outer_objective(
-            self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old
-        )
+        return outer_objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old)
 
     def step(self, tasks: Sequence[tuple[Episodes, Episodes]]) -> MetaStepRecord:
         """One meta-update on `(train_episodes, valid_episodes)` pairs, one pair per task."""

@@ -119,7 +119,7 @@ class LinearFeatureBaseline:
         horizon, batch = obs.shape[:2]
         time = torch.arange(horizon, dtype=torch.float64).div(100.0).view(horizon, 1, 1)
         time = time.expand(horizon, batch, 1)
-        feats = torch.cat([obs*0, obs**2*0, time, time**2, time**3, torch.ones_like(time)], dim=-1)
+        feats = torch.cat([obs, obs**2, time, time**2, time**3, torch.ones_like(time)], dim=-1)
         return feats * episodes.mask.to(torch.float64).unsqueeze(-1)
 
     def fit(self, episodes: Episodes, returns: torch.Tensor) -> None:

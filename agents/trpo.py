@@ -102,10 +102,7 @@ def hessian_vector_product(
 def _flat_or_zeros(grads: Sequence[torch.Tensor | None], like: Params) -> torch.Tensor:
     """Flatten gradients, with zeros for parameters the function did not use."""
     return flatten_params(
-        {
-            name: torch.zeros_like(p) if g is None else g
-            for (name, p), g in zip(like.items(), grads, strict=True)
-        }
+        {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(like.items(), grads, strict=True)}
     )
 
 

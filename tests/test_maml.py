@@ -19,7 +19,7 @@ from agents.maml import (
 )
 from agents.policy import GaussianMLPPolicy
 from agents.returns import baseline_advantages
-from agents.trpo import flatten_params, unflatten_params
+from agents.trpo import flatten_params, hessian_vector_product, unflatten_params
 
 INNER_LR = 0.5
 
@@ -29,9 +29,7 @@ def make_policy(seed: int = 0, dtype: torch.dtype = torch.float64) -> GaussianML
     return GaussianMLPPolicy(obs_dim=2, act_dim=1, hidden_sizes=(4,), init_log_std=-0.5).to(dtype)
 
 
-def make_episodes(
-    policy: GaussianMLPPolicy, goal: float, seed: int, horizon: int = 6, batch: int = 5
-) -> Episodes:
+def make_episodes(policy: GaussianMLPPolicy, goal: float, seed: int, horizon: int = 6, batch: int = 5) -> Episodes:
     """Episodes with actions drawn from `policy` and rewards -(a - goal * obs_0)^2, padded."""
     gen = torch.Generator().manual_seed(seed)
     dtype = next(policy.parameters()).dtype
@@ -49,8 +47,7 @@ def make_episodes(
 
 def make_tasks(policy: GaussianMLPPolicy, goals=(1.0, -1.0)) -> list[tuple[Episodes, Episodes]]:
     return [
-        (make_episodes(policy, g, seed=10 * i), make_episodes(policy, g, seed=10 * i + 1))
-        for i, g in enumerate(goals)
+        (make_episodes(policy, g, seed=10 * i), make_episodes(policy, g, seed=10 * i + 1)) for i, g in enumerate(goals)
     ]
 
 
@@ -76,7 +73,10 @@ def test_adapt_is_one_sgd_step_and_k_steps_compose() -> None:
     train, _ = make_tasks(policy)[0]
     params = policy.parameters_dict()
     adv = baseline_advantages(train)
-    grads = torch.autograd.grad(inner_loss(policy, params, train, adv), list(params.values()))
+    loss = inner_loss(policy, params, train, adv)
+    logp = policy(train.observations).log_prob(train.actions)
+    torch.testing.assert_close(loss, -(logp * adv * train.mask).sum() / train.mask.sum())
+    grads = torch.autograd.grad(loss, list(params.values()))
     adapted = adapt(policy, params, train, INNER_LR)
     for (name, p), g in zip(params.items(), grads, strict=True):
         torch.testing.assert_close(adapted[name], p - INNER_LR * g)
@@ -119,14 +119,25 @@ def test_outer_objective_evaluates_the_adapted_parameters() -> None:
             store.append(-masked_mean(ratio * task.valid_advantages, task.valid.mask))
     torch.testing.assert_close(result.loss, torch.stack(by_hand).mean())
     assert abs((result.loss - torch.stack(unadapted).mean()).item()) > 1e-3
-    assert result.kl.item() > 0
+    kl = torch.stack(
+        [hand_kl(policy, adapted, task, o) for adapted, task, o in zip(result.adapted, tasks, old, strict=True)]
+    )
+    torch.testing.assert_close(result.kl, kl.mean())
+    assert result.kl.item() > 1e-4
+
+
+def hand_kl(policy: GaussianMLPPolicy, params, task, old) -> torch.Tensor:
+    """Mean over real valid steps of KL(old || policy(params)) for diagonal Gaussians, written out."""
+    new = policy(task.valid.observations, params).base_dist
+    mu0, s0, mu1, s1 = old.base_dist.loc, old.base_dist.scale, new.loc, new.scale
+    per_dim = torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5
+    kl = per_dim.sum(-1)
+    return (kl * task.valid.mask).sum() / task.valid.mask.sum()
 
 
 def meta_gradient(policy, tasks, first_order: bool, old) -> torch.Tensor:
     params = {k: v.detach().requires_grad_(True) for k, v in policy.named_parameters()}
-    loss = outer_objective(
-        policy, params, tasks, INNER_LR, first_order=first_order, old_distributions=old
-    ).loss
+    loss = outer_objective(policy, params, tasks, INNER_LR, first_order=first_order, old_distributions=old).loss
     return flatten_params(dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True)))
 
 
@@ -143,9 +154,7 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     theta = flatten_params({k: v.detach() for k, v in params.items()})
 
     def objective(flat: torch.Tensor) -> float:
-        loss = outer_objective(
-            policy, unflatten_params(flat, params), tasks, INNER_LR, old_distributions=old
-        ).loss
+        loss = outer_objective(policy, unflatten_params(flat, params), tasks, INNER_LR, old_distributions=old).loss
         return loss.item()
 
     eps = 1e-6
@@ -178,7 +187,8 @@ def test_mamltrpo_step_is_a_safe_improving_update() -> None:
     changed = flatten_params(policy.parameters_dict()).detach() - flatten_params(theta0)
     assert float(changed.abs().max()) > 1e-6
     after = outer_objective(policy, policy.parameters_dict(), data, INNER_LR, old_distributions=old)
-    assert after.kl.item() <= config.max_kl * (1 + 1e-6)
+    kl = torch.stack([hand_kl(policy, a, t, o) for a, t, o in zip(after.adapted, data, old, strict=True)])
+    assert 0 < kl.mean().item() <= config.max_kl * (1 + 1e-6)
     assert after.loss.item() < before.loss.item()
     assert record.loss_after == pytest.approx(after.loss.item(), rel=1e-6)
     assert record.loss_before == pytest.approx(before.loss.item(), rel=1e-6)
@@ -194,9 +204,7 @@ def test_mamltrpo_step_is_a_safe_improving_update() -> None:
 def test_mamltrpo_other_modes_update_the_policy(optimizer: str, first_order: bool) -> None:
     policy = make_policy(dtype=torch.float32)
     tasks = make_tasks(policy)
-    learner = MAMLTRPO(
-        policy, MAMLConfig(inner_lr=INNER_LR, first_order=first_order, outer_optimizer=optimizer)
-    )
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, first_order=first_order, outer_optimizer=optimizer))
     theta0 = flatten_params(policy.parameters_dict()).detach().clone()
     record = learner.step(tasks)
     assert record.step_accepted
@@ -212,3 +220,27 @@ def test_mamltrpo_other_modes_update_the_policy(optimizer: str, first_order: boo
 def test_config_rejects_invalid_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         MAMLConfig(**{field: value})
+
+
+def test_trpo_step_follows_the_natural_gradient_to_the_kl_bound() -> None:
+    policy = make_policy()
+    tasks = make_tasks(policy)
+    config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-3, cg_iters=60, cg_damping=1e-3)
+    data = prepare_tasks(tasks)
+    theta0 = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    old = [detach_distribution(d) for d in outer_objective(policy, theta0, data, INNER_LR).distributions]
+    grad = meta_gradient(policy, data, first_order=False, old=old)
+    fvp = hessian_vector_product(lambda p: outer_objective(policy, p, data, INNER_LR, old_distributions=old).kl, theta0)
+    n = grad.numel()
+    fisher = torch.stack([fvp(e) for e in torch.eye(n, dtype=torch.float64)], dim=1)
+    natural = torch.linalg.solve(fisher + config.cg_damping * torch.eye(n, dtype=torch.float64), grad)
+
+    record = MAMLTRPO(policy, config).step(tasks)
+
+    assert record.step_accepted
+    step = flatten_params(policy.parameters_dict()).detach() - flatten_params(theta0)
+    cosine = torch.nn.functional.cosine_similarity(step, -natural, dim=0)
+    assert cosine.item() > 0.999
+    # The full step is scaled so that the quadratic KL model reaches max_kl.
+    quad_kl = 0.5 * step @ (fisher + config.cg_damping * torch.eye(n, dtype=torch.float64)) @ step
+    assert quad_kl.item() == pytest.approx(config.max_kl * record.step_fraction**2, rel=1e-3)
