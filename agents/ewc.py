@@ -120,6 +120,8 @@ def analytic_fisher(
     Its diagonal is computed per state from Jacobians (`vmap(jacrev)`), then averaged over
     states. With a state-independent log-std this gives 2 for every log-std entry (0 where the
     policy's clamp is active) and E_s[Σ_a (∂μ_a/∂θ_i)² / σ_a²] for the mean network.
+    Exact but costs 2·act_dim backward passes per state (a 64x64 policy, 8 actions, 5000 states:
+    a few seconds on CPU); `sampled_fisher` costs one per sampled action.
 
     Args:
         policy_fn: callable `(obs, params) -> Normal or Independent(Normal)`, e.g. a GaussianMLPPolicy.
@@ -136,21 +138,18 @@ def analytic_fisher(
     sub, fixed = _split_params(params, names)
     states = _flatten_states(obs, mask)
 
-    def mean_and_log_std(theta: Params, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def whitened(theta: Params, s: torch.Tensor) -> torch.Tensor:
+        # Rows scaled so the Fisher diagonal is a plain sum of squared Jacobian entries:
+        # (∂(μ_a/σ̄_a))² = (∂μ_a)²/σ_a² with σ̄ held constant, and (∂(√2·η_a))² = 2(∂η_a)².
         normal = _gaussian(policy_fn(s, {**fixed, **theta}))
-        return normal.loc, normal.scale.log()
+        return torch.cat([normal.loc / normal.scale.detach(), math.sqrt(2.0) * normal.scale.log()], dim=-1)
 
-    per_state_jac = vmap(jacrev(mean_and_log_std), in_dims=(None, 0))
+    per_state_jac = vmap(jacrev(whitened), in_dims=(None, 0))
     total = {n: torch.zeros_like(t) for n, t in sub.items()}
     for start in range(0, states.shape[0], int(batch_size)):
-        chunk = states[start : start + int(batch_size)]
-        with torch.no_grad():
-            inv_var = _gaussian(policy_fn(chunk, {**fixed, **sub})).scale.pow(-2)  # [B, act]
-        jac_mean, jac_log_std = per_state_jac(sub, chunk)  # name -> [B, act, *shape]
+        jac = per_state_jac(sub, states[start : start + int(batch_size)])  # name -> [B, 2·act, *shape]
         for n in total:
-            extra = (1,) * (jac_mean[n].ndim - 2)
-            weighted = jac_mean[n].pow(2) * inv_var.reshape(*inv_var.shape, *extra)
-            total[n] += (weighted + 2.0 * jac_log_std[n].pow(2)).sum(dim=(0, 1))
+            total[n] += jac[n].pow(2).sum(dim=(0, 1))
     return {n: t / states.shape[0] for n, t in total.items()}
 
 
