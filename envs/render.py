@@ -11,8 +11,13 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import mujoco
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import imageio
+import mujoco  # MUJOCO_GL must be set before mujoco picks its GL backend
 import numpy as np
+from PIL import Image, ImageDraw
 
 
 class FrameRenderer:
@@ -46,3 +51,78 @@ class FrameRenderer:
     def close(self) -> None:
         """Release the GL context."""
         self._renderer.close()
+
+
+def record_episode(
+    env,
+    act: Callable[[np.ndarray], np.ndarray],
+    steps: int,
+    seed: int = 0,
+    label: str | None = None,
+) -> tuple[list[np.ndarray], float]:
+    """Run `act` (obs -> action) for up to `steps` steps and return (frames, total reward).
+
+    `env` must have render_mode='rgb_array'. When `label` is given, each frame carries it and
+    the running return in its top-left corner.
+    """
+    obs, _ = env.reset(seed=seed)
+    frames, total = [], 0.0
+    for _ in range(steps):
+        frame = env.render()
+        frames.append(annotate(frame, f"{label}  return {total:7.1f}") if label else frame)
+        obs, reward, terminated, truncated, _ = env.step(act(obs))
+        total += float(reward)
+        if terminated or truncated:
+            break
+    return frames, total
+
+
+def annotate(frame: np.ndarray, text: str) -> np.ndarray:
+    """A copy of `frame` with `text` written on a dark band at the top."""
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, image.width, 14), fill=(0, 0, 0))
+    draw.text((4, 1), text, fill=(255, 255, 255))
+    return np.asarray(image)
+
+
+def tile(videos: Sequence[Sequence[np.ndarray]], columns: int | None = None) -> list[np.ndarray]:
+    """Side-by-side grid of several equally sized videos; shorter ones hold their last frame."""
+    if not videos or any(len(v) == 0 for v in videos):
+        raise ValueError("tile needs at least one video and no empty video")
+    columns = columns or len(videos)
+    rows = -(-len(videos) // columns)
+    height, width, _ = videos[0][0].shape
+    length = max(len(v) for v in videos)
+    grid = []
+    for t in range(length):
+        canvas = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+        for k, video in enumerate(videos):
+            r, c = divmod(k, columns)
+            canvas[r * height:(r + 1) * height, c * width:(c + 1) * width] = video[min(t, len(video) - 1)]
+        grid.append(canvas)
+    return grid
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int) -> Path:
+    """Write frames to an MP4 (H.264) or GIF by the path's suffix, atomically; returns the path."""
+    path = Path(path)
+    if path.suffix not in (".mp4", ".gif"):
+        raise ValueError(f"video path must end in .mp4 or .gif, got {path.name!r}")
+    if not frames:
+        raise ValueError("write_video needs at least one frame")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    if path.suffix == ".mp4":
+        # yuv420p needs even sides; macro_block_size=1 stops imageio from resizing.
+        with imageio.get_writer(partial, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p") as writer:
+            for frame in frames:
+                writer.append_data(_even(frame))
+    else:
+        imageio.mimsave(partial, list(frames), duration=1000.0 / fps, loop=0)
+    os.replace(partial, path)
+    return path
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    return frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]

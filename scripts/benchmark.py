@@ -1,0 +1,158 @@
+"""`make bench`: speed of our envs side by side with Gymnasium's and the raw MuJoCo limit.
+
+Every figure is a median over repeats; the contenders are interleaved within each repeat so
+that load on a shared machine hits them alike. Ratios (ours / theirs) are the numbers to read.
+Writes runs/bench/benchmark.json and runs/bench/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs import ENV_IDS
+from envs.locomotion import LocomotionEnv, build_model
+from envs.tasks import Task, Terrain
+
+GYMNASIUM_PEERS = {"cheetah": "HalfCheetah-v5", "quadruped": "Ant-v5", "walker": "Walker2d-v5"}
+TERRAINS = {"flat": Task(), "rough": Task(Terrain("rough", 0.5, 0))}
+
+
+def steps_per_second(env: gym.Env, actions: np.ndarray) -> float:
+    """Env steps per second of `env` over `actions`, resetting when an episode ends."""
+    env.reset(seed=0)
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    return len(actions) / (time.perf_counter() - start)
+
+
+def raw_steps_per_second(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, actions: np.ndarray) -> float:
+    """The limit: env steps per second of bare frame_skip x mj_step with the same controls."""
+    start = time.perf_counter()
+    for action in actions:
+        data.ctrl[:] = action
+        mujoco.mj_step(model, data, nstep=frame_skip)
+    return len(actions) / (time.perf_counter() - start)
+
+
+def median_of(repeats: int, contenders: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Median of each contender's figure, running them interleaved `repeats` times."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            samples[name].append(run())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_env_steps(robot: str, terrain: str, n_steps: int, repeats: int) -> dict[str, float]:
+    """Ours vs Gymnasium's comparable env vs raw mj_step, steps/s (medians) and ratios."""
+    ours = gym.make(ENV_IDS[robot], task=TERRAINS[terrain])
+    peer = gym.make(GYMNASIUM_PEERS[robot])
+    actions = np.random.default_rng(0).uniform(-1, 1, (n_steps, *ours.action_space.shape)).astype(np.float32)
+    peer_actions = np.random.default_rng(0).uniform(
+        peer.action_space.low, peer.action_space.high, (n_steps, *peer.action_space.shape)).astype(np.float32)
+    raw_env = ours.unwrapped
+    result = median_of(repeats, {
+        "ours": lambda: steps_per_second(ours, actions),
+        "gymnasium": lambda: steps_per_second(peer, peer_actions),
+        "raw_limit": lambda: raw_steps_per_second(raw_env.model, raw_env.data, raw_env.frame_skip, actions),
+    })
+    result["ours_over_gymnasium"] = result["ours"] / result["gymnasium"]
+    result["ours_over_limit"] = result["ours"] / result["raw_limit"]
+    return result
+
+
+def bench_task_switch(robot: str, repeats: int) -> dict[str, float]:
+    """Seconds for set_task + reset in place vs compiling a fresh model for the new task."""
+    env = LocomotionEnv(robot)
+    tasks = [Task(Terrain(kind, 0.5, seed)) for seed, kind in enumerate(["rough", "stairs_up", "hills", "gaps"])]
+
+    def switch_in_place() -> float:
+        start = time.perf_counter()
+        for task in tasks:
+            env.reset(seed=0, options={"task": task})
+        return (time.perf_counter() - start) / len(tasks)
+
+    def recompile() -> float:
+        start = time.perf_counter()
+        for task in tasks:
+            model = build_model(env.spec_robot)
+            data = mujoco.MjData(model)
+            model.hfield_data[:] = env.model.hfield_data  # the terrain itself costs the same either way
+            mujoco.mj_forward(model, data)
+            del task
+        return (time.perf_counter() - start) / len(tasks)
+
+    result = median_of(repeats, {"set_task_reset_s": switch_in_place, "recompile_s": recompile})
+    result["speedup"] = result["recompile_s"] / result["set_task_reset_s"]
+    return result
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def to_markdown(results: dict) -> str:
+    """The benchmark's tables as Markdown."""
+    lines = ["# MetaLoco benchmark", "", f"machine: {results['machine']}", "",
+             "## Env steps per second (single env, medians)", "",
+             "| robot | terrain | ours | Gymnasium | raw limit | ours/Gymnasium | ours/limit |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, row in results["env_steps"].items():
+        robot, terrain = key.split("/")
+        lines.append(f"| {robot} ({GYMNASIUM_PEERS[robot]}) | {terrain} | {row['ours']:,.0f} | {row['gymnasium']:,.0f}"
+                     f" | {row['raw_limit']:,.0f} | {row['ours_over_gymnasium']:.2f} | {row['ours_over_limit']:.2f} |")
+    lines += ["", "## Task switch (seconds per switch, medians)", "",
+              "| robot | set_task + reset | recompile | speed-up |", "|---|---:|---:|---:|"]
+    for robot, row in results["task_switch"].items():
+        lines.append(f"| {robot} | {row['set_task_reset_s'] * 1e3:.3f} ms | {row['recompile_s'] * 1e3:.2f} ms"
+                     f" | {row['speedup']:.0f}x |")
+    lines += ["", f"peak memory: {results['peak_memory_mb']:.0f} MiB", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run every measurement and write JSON and Markdown."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under 2 minutes)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args()
+    n_steps, repeats = (1000, 3) if args.quick else (5000, 7)
+
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}, "
+                                f"mujoco {mujoco.__version__}, gymnasium {gym.__version__}",
+                     "n_steps": n_steps, "repeats": repeats, "env_steps": {}, "task_switch": {}}
+    for robot in GYMNASIUM_PEERS:
+        for terrain in TERRAINS:
+            row = bench_env_steps(robot, terrain, n_steps, repeats)
+            results["env_steps"][f"{robot}/{terrain}"] = row
+            print(f"{robot:9s} {terrain:5s} ours {row['ours']:8,.0f}/s  gymnasium {row['gymnasium']:8,.0f}/s  "
+                  f"limit {row['raw_limit']:8,.0f}/s  ratio {row['ours_over_gymnasium']:.2f}", flush=True)
+        row = bench_task_switch(robot, repeats)
+        results["task_switch"][robot] = row
+        print(f"{robot:9s} task switch {row['set_task_reset_s'] * 1e3:.3f} ms vs recompile "
+              f"{row['recompile_s'] * 1e3:.2f} ms ({row['speedup']:.0f}x)", flush=True)
+    results["peak_memory_mb"] = peak_memory_mb()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
+    (args.out / "benchmark.md").write_text(to_markdown(results))
+    print(f"wrote {args.out / 'benchmark.md'}")
+
+
+if __name__ == "__main__":
+    main()
