@@ -298,7 +298,14 @@ class LocomotionEnv(gym.Env):
         z = float(self.data.qpos[self._root_xy]) - ground
         if not robot.healthy_z[0] <= z <= robot.healthy_z[1]:
             return False
-        return robot.max_tilt is None or abs(float(self.data.qpos[2])) <= robot.max_tilt
+        return robot.max_tilt is None or self._tilt() <= robot.max_tilt
+
+    def _tilt(self) -> float:
+        """Angle between the torso's up axis and the world's, radians (planar: |pitch|)."""
+        if self.spec_robot.planar:
+            return abs(float(self.data.qpos[2]))
+        _, qx, qy, _ = self.data.qpos[3:7]
+        return math.acos(max(-1.0, min(1.0, 1.0 - 2.0 * (qx * qx + qy * qy))))
 
     def _out_of_course(self) -> bool:
         grid = self.spec_robot.grid

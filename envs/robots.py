@@ -77,8 +77,8 @@ ROBOTS: dict[str, RobotSpec] = {
             scan_y=(-0.4, 0.0, 0.4),
             ctrl_cost_weight=0.5,
             healthy_reward=1.0,
-            healthy_z=(0.15, 1.5),
-            max_tilt=None,
+            healthy_z=(0.22, 1.5),  # the torso sphere's radius is 0.2 m: lower means legs buckled
+            max_tilt=1.2,  # about 70 degrees: on its side or upside down
         ),
         RobotSpec(
             name="walker",

@@ -159,3 +159,16 @@ def test_leaving_the_course_truncates() -> None:
     env.unwrapped.data.qpos[0] = env.unwrapped.spec_robot.grid.x_end - 1.0
     _, _, _, truncated, info = env.step(np.zeros(6))
     assert truncated and info["out_of_course"]
+
+
+def test_a_flipped_quadruped_is_unhealthy() -> None:
+    env = make("quadruped")
+    env.reset(seed=0)
+    data = env.unwrapped.data
+    data.qpos[3:7] = [0.0, 1.0, 0.0, 0.0]  # upside down
+    data.qpos[2] = 0.6
+    _, _, terminated, _, info = env.step(np.zeros(8))
+    assert terminated and info["reward_healthy"] == 0.0
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(np.zeros(8))
+    assert not terminated and info["reward_healthy"] == 1.0
