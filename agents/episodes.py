@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,8 @@ class Episodes:
         rewards: `[T, B]` float32 rewards.
         mask: `[T, B]` float32, 1 for real steps, 0 for padding after termination/truncation.
         terminated: `[B]` bool, the episode ended in a terminal state (no bootstrapping).
+        info: per-episode summaries `[B]` (e.g. "distance": metres travelled along x,
+            "physics_unstable": the physics diverged), filled by the sampler.
     """
 
     observations: torch.Tensor
@@ -26,6 +28,7 @@ class Episodes:
     rewards: torch.Tensor
     mask: torch.Tensor
     terminated: torch.Tensor
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def horizon(self) -> int:

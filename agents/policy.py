@@ -1,8 +1,9 @@
 """Gaussian MLP policy whose forward pass can run on any set of parameters.
 
 `forward(obs, params=None)` evaluates the module with its own parameters, or with an
-adapted copy given as a name -> tensor dict (through `torch.func.functional_call`), so MAML
-can use adapted parameters without touching the module.
+adapted copy given as a name -> tensor dict (the same names as `named_parameters()`), so MAML
+can use adapted parameters without touching the module. The forward pass is written on the
+named tensors directly (what `torch.func.functional_call` would do, without its overhead).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
-from torch.func import functional_call
 
 Params = dict[str, torch.Tensor]
 
@@ -50,16 +51,28 @@ class GaussianMLPPolicy(nn.Module):
         self.mean_net = nn.Sequential(*layers)
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(init_log_std)))
 
-    def _distribution(self, obs: torch.Tensor) -> Independent:
-        mean = self.mean_net(obs)
-        std = self.log_std.clamp(min=self.min_log_std).exp().expand_as(mean)
-        return Independent(Normal(mean, std), 1)
+    def mean_and_std(self, obs: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action mean [..., act_dim] and standard deviation under `params` (default: own).
+
+        Plain tensor ops on the named parameters, so it also runs under `torch.func.vmap`
+        with a batch of parameter sets (one per task).
+        """
+        params = self.parameters_dict() if params is None else params
+        x = obs
+        n_linear = len(self.hidden_sizes) + 1
+        for index in range(n_linear):
+            layer = 2 * index  # Linear layers sit at even positions of mean_net, Tanh between them
+            x = F.linear(x, params[f"mean_net.{layer}.weight"], params[f"mean_net.{layer}.bias"])
+            if index < n_linear - 1:
+                x = torch.tanh(x)
+        std = params["log_std"].clamp(min=self.min_log_std).exp().expand_as(x)
+        return x, std
 
     def forward(self, obs: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> Independent:
         """Action distribution for `obs` (shape [..., obs_dim]) under `params` (default: own)."""
-        if params is None:
-            return self._distribution(obs)
-        return functional_call(self, dict(params), (obs,), kwargs={"params": None})
+        mean, std = self.mean_and_std(obs, params)
+        return Independent(Normal(mean, std), 1)
 
     def parameters_dict(self) -> Params:
         """The module's own parameters as a name -> tensor dict (shared, not copied)."""

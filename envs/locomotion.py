@@ -16,12 +16,14 @@ import mujoco
 import numpy as np
 
 from envs.physics import PhysicsDefaults, apply_physics
+from envs.readout import Readout, goal_arrays
 from envs.render import FrameRenderer
 from envs.robots import RobotSpec, get_robot
 from envs.tasks import Task, TaskDistribution, get_family
-from envs.terrain import HEIGHT_LIMIT, TerrainGrid, generate, height_at
+from envs.terrain import HEIGHT_LIMIT, TerrainGrid, generate
 
-_GOAL_DIM = 4  # target velocity, tracking flag, cos(direction), sin(direction)
+_BADQPOS, _BADQVEL, _BADQACC = (int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                                                  mujoco.mjtWarning.mjWARN_BADQACC))
 _HFIELD_BASE = 1.0  # thickness of the heightfield's solid base below its lowest point, metres
 
 
@@ -121,6 +123,7 @@ class LocomotionEnv(gym.Env):
 
         self.model = build_model(self.spec_robot, width, height)
         self.data = mujoco.MjData(self.model)
+        self.warning_counts = self.data.warning.number  # a live view into MjData
         self.frame_skip = self.spec_robot.frame_skip
         self.dt = self.model.opt.timestep * self.frame_skip
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
@@ -132,20 +135,12 @@ class LocomotionEnv(gym.Env):
         if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
             raise ValueError(f"camera {camera!r} is not a camera of the {robot}")
         self._qpos0 = self.model.qpos0.copy()
-        # Planar robots: qpos = [x, z, pitch, joints...]; free robots: [x, y, z, quat, joints...].
-        self._root_xy = 1 if self.spec_robot.planar else 2
-        self._scan_x = np.asarray(self.spec_robot.scan_x, dtype=np.float64)
-        self._scan_y = np.asarray(self.spec_robot.scan_y, dtype=np.float64)
-        if not self.spec_robot.planar:
-            grid_x, grid_y = np.meshgrid(self._scan_x, self._scan_y)
-            self._scan_x, self._scan_y = grid_x.ravel(), grid_y.ravel()
-
-        obs_dim = self.model.nq - self._root_xy + self.model.nv
-        obs_dim += self.spec_robot.n_scan if self.height_scan else 0
-        obs_dim += _GOAL_DIM if self.goal_in_obs else 0
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
+        self.readout = Readout(self.spec_robot, self.model.nq, self.model.nv, self.dt, bool(height_scan),
+                               bool(goal_in_obs), bool(terminate_when_unhealthy))
+        self._root_xy = self.readout.root
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.readout.obs_dim,), np.float64)
         low, high = self.model.actuator_ctrlrange.T.copy()
-        self._ctrl_low, self._ctrl_high = low, high
+        self.ctrl_low, self.ctrl_high = low, high
         self.action_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
 
         self._renderer: FrameRenderer | None = None
@@ -173,21 +168,18 @@ class LocomotionEnv(gym.Env):
                              f"got {task.goal.direction}")
         grid = self.spec_robot.grid
         heights = terrain_heights(task.terrain.kind, task.terrain.difficulty, task.terrain.seed, grid)
-        flat = self._flat = not heights.any()
+        flat = not heights.any()
         ground, unused = (self._plane_geom, self._hfield_geom) if flat else (self._hfield_geom, self._plane_geom)
         self.model.geom_contype[ground] = self.model.geom_conaffinity[ground] = 1
         self.model.geom_contype[unused] = self.model.geom_conaffinity[unused] = 0
         apply_physics(self.model, self.data, task.physics, self._defaults, ground, self._torso)
         self.heights = heights
-        size = heights.size
-        self.model.hfield_data[self._hfield_adr:self._hfield_adr + size] = (
+        self.model.hfield_data[self._hfield_adr:self._hfield_adr + heights.size] = (
             (heights.ravel() + HEIGHT_LIMIT) / (2 * HEIGHT_LIMIT))
         self.task = task
-        direction = task.goal.direction
-        self._heading = np.array([math.cos(direction), math.sin(direction)])
-        self._goal_obs = np.array([task.goal.target_velocity or 0.0,
-                                   float(task.goal.target_velocity is not None),
-                                   math.cos(direction), math.sin(direction)])
+        heading, target, goal_obs = goal_arrays(task.goal.target_velocity, task.goal.direction)
+        self._heading, self._target, self._goal_obs = heading[None], np.array([target]), goal_obs[None]
+        self._batch_heights = None if flat else heights[None]
         if self._renderer is not None:
             self._renderer.upload_heightfield()
 
@@ -210,45 +202,33 @@ class LocomotionEnv(gym.Env):
         self.data.qvel[:] = qvel
         mujoco.mj_forward(self.model, self.data)
         self._lift_out_of_ground()
-        self._bad_state_count = self._count_bad_state_warnings()
-        return self._observation(), self._reset_info()
+        return self._observation(), {"x_position": float(self.data.qpos[0]), "task": self.task,
+                                     "physics_unstable": False}
 
     def step(self, action: np.ndarray):
         """Advance frame_skip physics steps; reward parts and state go into `info`."""
-        action = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), self._ctrl_low), self._ctrl_high)
-        xy_before = self.data.qpos[: self._root_xy].copy()
-        self.data.ctrl[:] = action
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
-        unstable = (self._count_bad_state_warnings() != self._bad_state_count
-                    or not np.isfinite(self.data.qpos).all() or not np.isfinite(self.data.qvel).all())
-        if unstable:
-            # MuJoCo resets a diverged state itself; report it and end the episode.
+        action = clip_action(np.asarray(action, dtype=np.float64)[None], self.ctrl_low, self.ctrl_high)
+        xy_before = self.data.qpos[None, : self._root_xy].copy()
+        self.data.ctrl[:] = action[0]
+        stable = simulate(self.model, self.data, self.frame_skip, self.warning_counts)
+        if not (stable and np.isfinite(self.data.qpos).all() and np.isfinite(self.data.qvel).all()):
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task}
-        velocity_xy = (self.data.qpos[: self._root_xy] - xy_before) / self.dt
-        forward_velocity = float(velocity_xy @ self._heading[: self._root_xy])
-        target = self.task.goal.target_velocity
-        reward_forward = forward_velocity if target is None else -abs(forward_velocity - target)
-        reward_ctrl = -self.spec_robot.ctrl_cost_weight * float(action @ action)
-        ground = self._ground_height()
-        healthy = self._is_healthy(ground)
-        reward_healthy = self.spec_robot.healthy_reward if healthy else 0.0
-        reward = reward_forward + reward_ctrl + reward_healthy
-        terminated = self.terminate_when_unhealthy and not healthy
-        truncated = self._out_of_course()
+        out = self.readout.step(xy_before, self.data.qpos[None], self.data.qvel[None], action, self._batch_heights,
+                                self._heading, self._target, self._goal_obs)
         info = {
             "x_position": float(self.data.qpos[0]),
-            "y_position": float(self.data.qpos[1]) if not self.spec_robot.planar else 0.0,
-            "forward_velocity": forward_velocity,
-            "reward_forward": reward_forward,
-            "reward_ctrl": reward_ctrl,
-            "reward_healthy": reward_healthy,
-            "terrain_height": ground,
-            "out_of_course": truncated,
+            "y_position": 0.0 if self.spec_robot.planar else float(self.data.qpos[1]),
+            "forward_velocity": float(out.forward_velocity[0]),
+            "reward_forward": float(out.reward_forward[0]),
+            "reward_ctrl": float(out.reward_ctrl[0]),
+            "reward_healthy": float(out.reward_healthy[0]),
+            "terrain_height": float(out.ground[0]),
+            "out_of_course": bool(out.truncated[0]),
             "physics_unstable": False,
             "task": self.task,
         }
-        return self._observation(ground), reward, terminated, truncated, info
+        return out.observation[0], float(out.reward[0]), bool(out.terminated[0]), bool(out.truncated[0]), info
 
     def render(self) -> np.ndarray | None:
         """An RGB frame from the tracking camera (render_mode='rgb_array'), else None."""
@@ -266,12 +246,6 @@ class LocomotionEnv(gym.Env):
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _count_bad_state_warnings(self) -> int:
-        """How often MuJoCo found a diverged state (and reset it) in this episode's data."""
-        warning = self.data.warning
-        return (warning[mujoco.mjtWarning.mjWARN_BADQPOS].number + warning[mujoco.mjtWarning.mjWARN_BADQVEL].number
-                + warning[mujoco.mjtWarning.mjWARN_BADQACC].number)
-
     def _lift_out_of_ground(self) -> None:
         """Raise the root until no contact penetrates (reset noise can tilt a foot into the ground)."""
         for _ in range(3):
@@ -281,64 +255,23 @@ class LocomotionEnv(gym.Env):
             self.data.qpos[self._root_xy] += 0.002 - deepest
             mujoco.mj_forward(self.model, self.data)
 
-    def _torso_xy(self) -> tuple[float, float]:
-        qpos = self.data.qpos
-        return float(qpos[0]), (0.0 if self.spec_robot.planar else float(qpos[1]))
+    def _observation(self) -> np.ndarray:
+        return self.readout.observe(self.data.qpos[None], self.data.qvel[None], self._batch_heights,
+                                    self._goal_obs)[0]
 
-    def _ground_height(self) -> float:
-        if self._flat:
-            return 0.0
-        x, y = self._torso_xy()
-        return float(height_at(self.heights, self.spec_robot.grid, np.array(x), np.array(y)))
 
-    def _is_healthy(self, ground: float) -> bool:
-        robot = self.spec_robot
-        if robot.healthy_z is None:
-            return True
-        z = float(self.data.qpos[self._root_xy]) - ground
-        if not robot.healthy_z[0] <= z <= robot.healthy_z[1]:
-            return False
-        return robot.max_tilt is None or self._tilt() <= robot.max_tilt
+def clip_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Actions [B, nu] clipped to the actuators' control range."""
+    return np.minimum(np.maximum(action, low), high)
 
-    def _tilt(self) -> float:
-        """Angle between the torso's up axis and the world's, radians (planar: |pitch|)."""
-        if self.spec_robot.planar:
-            return abs(float(self.data.qpos[2]))
-        _, qx, qy, _ = self.data.qpos[3:7]
-        return math.acos(max(-1.0, min(1.0, 1.0 - 2.0 * (qx * qx + qy * qy))))
 
-    def _out_of_course(self) -> bool:
-        grid = self.spec_robot.grid
-        x, y = self._torso_xy()
-        margin = 2.0  # metres: further out, part of the robot would hang over the heightfield's edge
-        inside_x = grid.x_start + margin <= x <= grid.x_end - margin
-        return not (inside_x and (self.spec_robot.planar or abs(y) <= grid.half_width - margin))
+def simulate(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, warning_counts: np.ndarray) -> bool:
+    """Advance `frame_skip` physics steps; False if MuJoCo found the state diverged.
 
-    def _observation(self, ground: float | None = None) -> np.ndarray:
-        qpos, qvel = self.data.qpos, self.data.qvel
-        root = self._root_xy
-        clip = self.spec_robot.velocity_clip
-        parts = [
-            [qpos[root] - (self._ground_height() if ground is None else ground)],
-            qpos[root + 1:],
-            np.minimum(np.maximum(qvel, -clip), clip),
-        ]
-        if self.height_scan:
-            parts.append(qpos[root] - self._scan_heights())
-        if self.goal_in_obs:
-            parts.append(self._goal_obs)
-        return np.concatenate(parts)
-
-    def _scan_heights(self) -> np.ndarray:
-        x, y = self._torso_xy()
-        if self.spec_robot.planar:
-            return height_at(self.heights, self.spec_robot.grid, x + self._scan_x, np.zeros_like(self._scan_x))
-        w, qx, qy, qz = self.data.qpos[3:7]
-        yaw = math.atan2(2 * (w * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
-        cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
-        px = x + cos_yaw * self._scan_x - sin_yaw * self._scan_y
-        py = y + sin_yaw * self._scan_x + cos_yaw * self._scan_y
-        return height_at(self.heights, self.spec_robot.grid, px, py)
-
-    def _reset_info(self) -> dict[str, Any]:
-        return {"x_position": float(self.data.qpos[0]), "task": self.task, "physics_unstable": False}
+    MuJoCo resets a diverged state itself and counts a warning, so a new bad-state warning is
+    how a blow-up shows. `warning_counts` is `data.warning.number` (a live view), passed in so
+    the hot loop does not rebuild it. Callers also check the final state is finite.
+    """
+    before = warning_counts[_BADQPOS] + warning_counts[_BADQVEL] + warning_counts[_BADQACC]
+    mujoco.mj_step(model, data, nstep=frame_skip)
+    return warning_counts[_BADQPOS] + warning_counts[_BADQVEL] + warning_counts[_BADQACC] == before

@@ -316,22 +316,23 @@ def obstacles(rng: np.random.Generator, difficulty: float, grid: TerrainGrid) ->
     return heights
 
 
-def height_at(heights: np.ndarray, grid: TerrainGrid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Terrain height at points (x, y), bilinear between grid points, clamped to the grid.
+def heights_at(heights: np.ndarray, grid: TerrainGrid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Terrain heights [B, K] at points x, y [B, K], each row on its own terrain [B, nrow, ncol].
 
-    Along x this is exactly MuJoCo's heightfield surface; across both axes it differs from
-    MuJoCo's two triangles per cell by at most the cell's own height variation.
+    Bilinear between grid points, clamped to the grid. Along x this is exactly MuJoCo's
+    heightfield surface; across both axes it differs from MuJoCo's two triangles per cell by at
+    most the cell's own height variation.
     """
-    fx = np.clip((np.asarray(x) - grid.x_start) / grid.cell, 0.0, grid.ncol - 1.000001)
+    batch = np.arange(heights.shape[0])[:, None]
+    fx = np.clip((x - grid.x_start) / grid.cell, 0.0, grid.ncol - 1.000001)
     ix = fx.astype(np.intp)
     tx = fx - ix
     if grid.planar:
-        row = heights[0]
-        return row[ix] * (1 - tx) + row[ix + 1] * tx
-    dy = 2 * grid.half_width / (grid.nrow - 1)
-    fy = np.clip((np.asarray(y) + grid.half_width) / dy, 0.0, grid.nrow - 1.000001)
+        row = heights[:, 0, :]
+        return row[batch, ix] * (1 - tx) + row[batch, ix + 1] * tx
+    fy = np.clip((y + grid.half_width) / (2 * grid.half_width) * (grid.nrow - 1), 0.0, grid.nrow - 1.000001)
     iy = fy.astype(np.intp)
     ty = fy - iy
-    low = heights[iy, ix] * (1 - tx) + heights[iy, ix + 1] * tx
-    high = heights[iy + 1, ix] * (1 - tx) + heights[iy + 1, ix + 1] * tx
+    low = heights[batch, iy, ix] * (1 - tx) + heights[batch, iy, ix + 1] * tx
+    high = heights[batch, iy + 1, ix] * (1 - tx) + heights[batch, iy + 1, ix + 1] * tx
     return low * (1 - ty) + high * ty

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from envs.robots import ROBOTS
-from envs.terrain import TerrainGrid, generate, get_terrain, height_at, terrain_kinds
+from envs.terrain import TerrainGrid, generate, get_terrain, heights_at, terrain_kinds
 
 PLANAR = ROBOTS["cheetah"].grid
 GRID_2D = ROBOTS["quadruped"].grid
@@ -53,11 +53,20 @@ def test_documented_numbers() -> None:
     assert riser == pytest.approx(0.02 + 0.15 * 0.5)
 
 
-def test_height_at_interpolates_the_grid() -> None:
+def test_heights_at_interpolates_the_grid() -> None:
     heights = generate("slope_up", np.random.default_rng(0), 1.0, PLANAR)
     x = np.array([5.0, 5.025, 7.3])
     expected = np.tan(np.deg2rad(20.0)) * (x - PLANAR.spawn_radius)
-    assert np.allclose(height_at(heights, PLANAR, x, np.zeros(3)), expected, atol=1e-9)
+    assert np.allclose(heights_at(heights[None], PLANAR, x[None], np.zeros((1, 3)))[0], expected, atol=1e-9)
+
+
+def test_heights_at_reads_each_rows_own_terrain_in_2d() -> None:
+    a = generate("rough", np.random.default_rng(0), 1.0, GRID_2D)
+    b = generate("hills", np.random.default_rng(1), 1.0, GRID_2D)
+    ix, iy = 300, 40  # a grid point: the interpolation must return the stored value
+    x, y = GRID_2D.x[ix], GRID_2D.y[iy]
+    points = heights_at(np.stack([a, b]), GRID_2D, np.full((2, 1), x), np.full((2, 1), y))[:, 0]
+    assert np.allclose(points, [a[iy, ix], b[iy, ix]])
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])

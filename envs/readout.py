@@ -1,0 +1,175 @@
+"""What an env reads out of the physics state: observation, reward parts, health, course limits.
+
+Everything here works on a batch of robots at once (arrays with a leading batch axis). The single
+env calls it with a batch of one and the batched env with many, so both compute the very same
+numbers by the very same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.robots import RobotSpec
+from envs.terrain import heights_at
+
+GOAL_DIM = 4  # target velocity, tracking flag, cos(direction), sin(direction)
+
+
+@dataclass
+class StepReadout:
+    """Per-robot results of one env step, each an array with a leading batch axis."""
+
+    observation: np.ndarray
+    reward: np.ndarray
+    reward_forward: np.ndarray
+    reward_ctrl: np.ndarray
+    reward_healthy: np.ndarray
+    forward_velocity: np.ndarray
+    ground: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+def goal_arrays(target_velocity: float | None, direction: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """(heading [2], target (NaN = reward progress), goal observation [4]) of one task's goal."""
+    heading = np.array([np.cos(direction), np.sin(direction)])
+    target = np.nan if target_velocity is None else float(target_velocity)
+    goal_obs = np.array([target_velocity or 0.0, float(target_velocity is not None), heading[0], heading[1]])
+    return heading, target, goal_obs
+
+
+class Readout:
+    """Observation and reward of one robot kind, computed for a batch.
+
+    Args:
+        robot: the robot's spec (layout, health rules, cost weights, terrain grid).
+        nq: size of qpos.
+        nv: size of qvel.
+        dt: seconds per env step.
+        height_scan: append terrain heights around the robot to the observation.
+        goal_in_obs: append the goal to the observation.
+        terminate_when_unhealthy: unhealthy robots end their episode.
+    """
+
+    def __init__(self, robot: RobotSpec, nq: int, nv: int, dt: float, height_scan: bool, goal_in_obs: bool,
+                 terminate_when_unhealthy: bool) -> None:
+        self.robot = robot
+        self.dt = dt
+        self.height_scan = height_scan
+        self.goal_in_obs = goal_in_obs
+        self.terminate_when_unhealthy = terminate_when_unhealthy
+        # Planar robots: qpos = [x, z, pitch, joints...]; free robots: [x, y, z, quat, joints...].
+        self.root = 1 if robot.planar else 2
+        scan_x = np.asarray(robot.scan_x, dtype=np.float64)
+        scan_y = np.asarray(robot.scan_y, dtype=np.float64)
+        if robot.planar:
+            scan_y = np.zeros_like(scan_x)
+        else:
+            scan_x, scan_y = (a.ravel() for a in np.meshgrid(scan_x, scan_y))
+        self.scan_x, self.scan_y = scan_x, scan_y
+        self.obs_dim = (nq - self.root + nv + (robot.n_scan if height_scan else 0)
+                        + (GOAL_DIM if goal_in_obs else 0))
+
+    # --- terrain ----------------------------------------------------------------------------
+
+    def ground_under(self, heights: np.ndarray | None, qpos: np.ndarray) -> np.ndarray:
+        """Terrain height [B] under each torso; `heights` None means flat ground everywhere."""
+        if heights is None:
+            return np.zeros(qpos.shape[0])
+        y = np.zeros((qpos.shape[0], 1)) if self.robot.planar else qpos[:, 1:2]
+        return heights_at(heights, self.robot.grid, qpos[:, 0:1], y)[:, 0]
+
+    def _scan(self, heights: np.ndarray | None, qpos: np.ndarray) -> np.ndarray:
+        if heights is None:
+            return qpos[:, self.root:self.root + 1] - np.zeros((qpos.shape[0], self.scan_x.size))
+        x, y = qpos[:, 0:1], (np.zeros((qpos.shape[0], 1)) if self.robot.planar else qpos[:, 1:2])
+        if self.robot.planar:
+            px, py = x + self.scan_x, y + self.scan_y
+        else:
+            w, qx, qy, qz = qpos[:, 3:4], qpos[:, 4:5], qpos[:, 5:6], qpos[:, 6:7]
+            yaw = np.arctan2(2 * (w * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
+            cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
+            px = x + cos_yaw * self.scan_x - sin_yaw * self.scan_y
+            py = y + sin_yaw * self.scan_x + cos_yaw * self.scan_y
+        return qpos[:, self.root:self.root + 1] - heights_at(heights, self.robot.grid, px, py)
+
+    # --- observation, reward, health ----------------------------------------------------------
+
+    def observe(self, qpos: np.ndarray, qvel: np.ndarray, heights: np.ndarray | None, goal_obs: np.ndarray,
+                ground: np.ndarray | None = None) -> np.ndarray:
+        """Observations [B, obs_dim]: height above ground, the rest of qpos, clipped qvel, extras."""
+        if ground is None:
+            ground = self.ground_under(heights, qpos)
+        clip = self.robot.velocity_clip
+        parts = [(qpos[:, self.root] - ground)[:, None], qpos[:, self.root + 1:],
+                 np.minimum(np.maximum(qvel, -clip), clip)]
+        if self.height_scan:
+            parts.append(self._scan(heights, qpos))
+        if self.goal_in_obs:
+            parts.append(goal_obs)
+        return np.concatenate(parts, axis=1)
+
+    def tilt(self, qpos: np.ndarray) -> np.ndarray:
+        """Angle [B] between each torso's up axis and the world's, radians (planar: |pitch|)."""
+        if self.robot.planar:
+            return np.abs(qpos[:, 2])
+        qx, qy = qpos[:, 4], qpos[:, 5]
+        return np.arccos(np.clip(1.0 - 2.0 * (qx * qx + qy * qy), -1.0, 1.0))
+
+    def healthy(self, qpos: np.ndarray, ground: np.ndarray) -> np.ndarray:
+        """Bool [B]: torso height above the ground and tilt within the robot's limits."""
+        robot = self.robot
+        if robot.healthy_z is None:
+            return np.ones(qpos.shape[0], dtype=bool)
+        z = qpos[:, self.root] - ground
+        ok = (robot.healthy_z[0] <= z) & (z <= robot.healthy_z[1])
+        if robot.max_tilt is not None:
+            ok &= self.tilt(qpos) <= robot.max_tilt
+        return ok
+
+    def out_of_course(self, qpos: np.ndarray) -> np.ndarray:
+        """Bool [B]: the torso is within 2 m of the heightfield's edge (parts would hang over it)."""
+        grid, margin = self.robot.grid, 2.0
+        x = qpos[:, 0]
+        inside = (grid.x_start + margin <= x) & (x <= grid.x_end - margin)
+        if not self.robot.planar:
+            inside &= np.abs(qpos[:, 1]) <= grid.half_width - margin
+        return ~inside
+
+    def step(self, xy_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
+             heights: np.ndarray | None, heading: np.ndarray, target: np.ndarray,
+             goal_obs: np.ndarray) -> StepReadout:
+        """Everything one env step reports, for a batch.
+
+        Args:
+            xy_before: root x (and y) before the step, [B, 1 or 2].
+            qpos: joint positions after the step, [B, nq].
+            qvel: joint velocities after the step, [B, nv].
+            action: the (clipped) actions applied, [B, nu].
+            heights: each robot's terrain [B, nrow, ncol], or None for flat ground.
+            heading: unit "forward" direction of each goal, [B, 2].
+            target: target velocity of each goal, NaN to reward progress, [B].
+            goal_obs: goal observations, [B, 4].
+        """
+        root = self.root
+        velocity = (qpos[:, :root] - xy_before) / self.dt
+        forward_velocity = (velocity * heading[:, :root]).sum(axis=1)
+        reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
+        reward_ctrl = -self.robot.ctrl_cost_weight * (action * action).sum(axis=1)
+        ground = self.ground_under(heights, qpos)
+        healthy = self.healthy(qpos, ground)
+        reward_healthy = np.where(healthy, self.robot.healthy_reward, 0.0)
+        terminated = ~healthy if self.terminate_when_unhealthy else np.zeros_like(healthy)
+        return StepReadout(
+            observation=self.observe(qpos, qvel, heights, goal_obs, ground),
+            reward=reward_forward + reward_ctrl + reward_healthy,
+            reward_forward=reward_forward,
+            reward_ctrl=reward_ctrl,
+            reward_healthy=reward_healthy,
+            forward_velocity=forward_velocity,
+            ground=ground,
+            terminated=terminated,
+            truncated=self.out_of_course(qpos),
+        )
