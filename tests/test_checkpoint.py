@@ -1,0 +1,415 @@
+"""Atomic writes, the checkpoint format and its safe load, run directories, metrics logs, YAML configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from agents import checkpoint as ckpt
+from agents.checkpoint import (
+    FORMAT_KIND,
+    FORMAT_VERSION,
+    MetricsLog,
+    RunDir,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    load_yaml,
+    prepare_run_dir,
+    save_checkpoint,
+    save_step_checkpoint,
+)
+from agents.ewc import L2Regularizer
+from agents.policy import GaussianMLPPolicy
+
+
+def _policy(obs_dim: int = 5, act_dim: int = 2, seed: int = 0) -> GaussianMLPPolicy:
+    torch.manual_seed(seed)
+    policy = GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=(8, 8), init_log_std=-0.3)
+    with torch.no_grad():
+        policy.log_std.add_(torch.linspace(-0.2, 0.2, act_dim))
+    return policy
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _touch(path: str) -> None:  # what a malicious pickle would run on a weights_only=False load
+    Path(path).touch()
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_touch, (str(self.marker),))
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise TypeError("cannot pickle this")
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------
+
+
+def test_atomic_writes_leave_only_the_target(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "a.bin", b"\x00\x01")
+    atomic_write_text(tmp_path / "sub" / "b.txt", "héllo")
+    atomic_torch_save({"x": torch.arange(3)}, tmp_path / "c.pt")
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "sub" / "b.txt").read_text(encoding="utf-8") == "héllo"
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["x"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.bin", "b.txt", "c.pt", "sub"]
+
+
+def test_atomic_write_fails_without_touching_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "state.pt"
+    atomic_torch_save({"v": 1}, target)
+    old = target.read_bytes()
+    with pytest.raises(TypeError, match="cannot pickle"):
+        atomic_torch_save({"v": _Unpicklable()}, target)
+    assert target.read_bytes() == old
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError("disk yanked")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk yanked"):
+        atomic_write_text(target, "new")
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path: Path) -> None:
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.txt", "x")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def test_round_trip_gives_identical_policy_and_state(tmp_path: Path) -> None:
+    policy = _policy()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    policy(torch.randn(4, 5)).log_prob(torch.randn(4, 2)).sum().backward()
+    optimizer.step()
+    regularizer = L2Regularizer(strength=2.0)
+    regularizer.consolidate(policy.parameters_dict())
+    rng = np.random.default_rng(7)
+    extra = {"baseline": torch.ones(3), "lr": np.float64(3e-4), "stages": ["flat", "hills"], "nested": {"k": 1}}
+    meta = {"config": {"robot": "cheetah", "hidden": (8, 8), "out": Path("runs/x")}, "command": "python x.py"}
+    path = save_checkpoint(tmp_path / "c.pt", policy=policy, robot="cheetah", optimizer=optimizer,
+                           regularizer=regularizer, iteration=12, stage=2, np_rng=rng, extra_state=extra,
+                           metadata=meta)
+    # What the RNGs would draw next, had the run carried on from the save.
+    expected = (rng.random(3), torch.rand(2), random.random())
+
+    loaded = load_checkpoint(path, expected_robot="cheetah", expected_obs_dim=5, expected_act_dim=2)
+    obs = torch.randn(16, 5)
+    assert torch.equal(loaded.policy(obs).mean, policy(obs).mean)
+    assert torch.equal(loaded.policy(obs).stddev, policy(obs).stddev)
+    assert loaded.policy.config() == policy.config()
+    assert (loaded.robot, loaded.env_id, loaded.iteration, loaded.stage) == ("cheetah", "MetaLoco/Cheetah-v0", 12, 2)
+    assert (loaded.obs_dim, loaded.act_dim) == (5, 2)
+    assert loaded.extra_state["lr"] == 3e-4 and type(loaded.extra_state["lr"]) is float
+    assert loaded.extra_state["stages"] == ["flat", "hills"]
+    assert torch.equal(loaded.extra_state["baseline"], torch.ones(3))
+    assert loaded.metadata["config"]["out"] == "runs/x" and loaded.metadata["command"] == "python x.py"
+
+    optimizer2 = torch.optim.Adam(loaded.policy.parameters(), lr=1e-3)
+    optimizer2.load_state_dict(loaded.optimizer_state)
+    assert torch.equal(optimizer2.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    regularizer2 = L2Regularizer(strength=1.0)
+    regularizer2.load_state_dict(loaded.regularizer_state)
+    assert regularizer2.strength == 2.0 and regularizer2.num_tasks == 1
+
+    rng2 = np.random.default_rng(123)
+    loaded.restore_rng(rng2)
+    assert np.array_equal(rng2.random(3), expected[0])
+    assert torch.equal(torch.rand(2), expected[1]) and random.random() == expected[2]
+
+
+def test_loading_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", policy=_policy(), robot="cheetah")
+    state = torch.get_rng_state()
+    load_checkpoint(path)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_checkpoint_file_is_plain_and_loads_with_weights_only(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", policy=_policy(), robot="quadruped", env_id="Custom/Quad-v1")
+    raw = torch.load(path, weights_only=True)
+    assert raw["kind"] == FORMAT_KIND and raw["format_version"] == FORMAT_VERSION
+    assert raw["robot"] == "quadruped" and raw["env_id"] == "Custom/Quad-v1"
+    assert set(raw["policy_state"]) == set(_policy().state_dict())
+
+
+def test_load_always_asks_for_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", policy=_policy(), robot="cheetah")
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_checkpoint(path)
+    assert calls == [True]
+
+
+def test_pickled_object_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    good = torch.load(save_checkpoint(tmp_path / "c.pt", policy=_policy(), robot="cheetah"), weights_only=True)
+    good["metadata"] = {"payload": _Evil(marker)}
+    torch.save(good, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"weights_only=True.*_touch"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"expected_robot": "cheetah"}, r"checkpoint is for robot 'quadruped', expected 'cheetah'"),
+        ({"expected_obs_dim": 7}, r"obs_dim is 5, expected 7"),
+        ({"expected_act_dim": 3}, r"act_dim is 2, expected 3"),
+    ],
+)
+def test_mismatches_name_the_field(tmp_path: Path, kwargs: dict, match: str) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", policy=_policy(), robot="quadruped")
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(path, **kwargs)
+
+
+def test_missing_and_foreign_files_are_value_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"checkpoint: no file at .*nope\.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a MetaLoco checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save(_policy().state_dict(), tmp_path / "bare.pt")  # a bare state_dict is not our format
+    with pytest.raises(ValueError, match=r"not a MetaLoco checkpoint \(kind None"):
+        load_checkpoint(tmp_path / "bare.pt")
+    payload = torch.load(save_checkpoint(tmp_path / "c.pt", policy=_policy(), robot="cheetah"), weights_only=True)
+    torch.save({**payload, "format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="format_version is 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    torch.save({**payload, "policy_config": {**payload["policy_config"], "hidden_sizes": [4]}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="policy_config/policy_state"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_bad_input_is_refused_before_writing(tmp_path: Path) -> None:
+    target = tmp_path / "c.pt"
+    save_checkpoint(target, policy=_policy(), robot="cheetah", iteration=1)
+    old = target.read_bytes()
+    cases = [
+        ({"robot": "dragon"}, r"robot must be one of"),
+        ({"robot": ""}, r"robot must be a non-empty string"),
+        ({"iteration": -1}, r"iteration must be an integer >= 0"),
+        ({"extra_state": {"obs_mean": np.zeros(3)}}, r"extra_state\['obs_mean'\]: numpy arrays"),
+        ({"metadata": {"cfg": {"fn": print}}}, r"metadata\['cfg'\]\['fn'\]: builtin_function_or_method"),
+        ({"metadata": {(1, 2): 3}}, r"metadata: keys must be str or int"),
+    ]
+    for overrides, match in cases:
+        kwargs = {"policy": _policy(), "robot": "cheetah", **overrides}
+        with pytest.raises(ValueError, match=match):
+            save_checkpoint(target, **kwargs)
+    with pytest.raises(ValueError, match="policy must be a GaussianMLPPolicy"):
+        save_checkpoint(target, policy=torch.nn.Linear(2, 2), robot="cheetah")
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories and step checkpoints
+# ----------------------------------------------------------------------------------------------
+
+CONFIG = {"robot": "cheetah", "seed": 3, "ppo": {"lr": 3e-4, "epochs": 10}, "stages": ("flat", "hills")}
+
+
+def test_fresh_run_dir_has_subfolders_and_config(tmp_path: Path) -> None:
+    run = prepare_run_dir(tmp_path / "runs" / "a", resume=False, force=False, config=CONFIG)
+    assert isinstance(run, RunDir) and not run.resumed
+    for sub in ckpt.RUN_SUBDIRS:
+        assert (run.root / sub).is_dir()
+    assert run / "metrics" == run.metrics and Path(os.fspath(run)) == run.root
+    assert run.config() == {**CONFIG, "stages": ["flat", "hills"]}
+    assert yaml.safe_load(run.config_path.read_text()) == run.config()
+
+
+def test_existing_run_is_refused_untouched(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    run = prepare_run_dir(root, config=CONFIG)
+    (run.metrics / "train.jsonl").write_text('{"step": 1}\n')
+    before = _files(root)
+    with pytest.raises(ValueError, match=r"pass --resume to continue it or --force"):
+        prepare_run_dir(root, config={**CONFIG, "seed": 4})
+    assert _files(root) == before
+    with pytest.raises(ValueError, match="resume and force"):
+        prepare_run_dir(root, resume=True, force=True, config=CONFIG)
+    with pytest.raises(ValueError, match="config: holds a value YAML cannot store"):
+        prepare_run_dir(tmp_path / "b", config={"out": Path("x")})
+    assert not (tmp_path / "b").exists() and _files(root) == before
+
+
+def test_force_moves_the_old_run_aside(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    run = prepare_run_dir(root, config=CONFIG)
+    (run.metrics / "train.jsonl").write_text('{"step": 1}\n')
+    before = _files(root)
+    prepare_run_dir(root, force=True, config={**CONFIG, "seed": 4})
+    prepare_run_dir(root, force=True, config={**CONFIG, "seed": 5})  # twice within one second
+    aside = sorted(tmp_path.glob("a.old-*"))
+    assert len(aside) == 2 and _files(aside[0]) == before
+    assert load_yaml(root / "config.yaml")["seed"] == 5
+    assert not (root / "metrics" / "train.jsonl").exists()
+
+
+def test_resume_checks_the_config(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    prepare_run_dir(root, config={**CONFIG, "device": "cpu", "resume": False})
+    before = _files(root)
+    run = prepare_run_dir(root, resume=True, config={**CONFIG, "device": "cuda", "resume": True})
+    assert run.resumed and _files(root) == before
+    changed = {**CONFIG, "ppo": {"lr": 1e-3, "epochs": 10, "clip": 0.2}, "seed": 3}
+    with pytest.raises(ValueError, match=r"config differs .* in ppo\.lr, ppo\.clip;"):
+        prepare_run_dir(root, resume=True, config=changed)
+    with pytest.raises(ValueError, match=r"in device"):
+        prepare_run_dir(root, resume=True, config={**CONFIG, "device": "cuda"}, changeable=())
+    assert _files(root) == before
+    fresh = prepare_run_dir(tmp_path / "new", resume=True, config=CONFIG)  # nothing there yet: start afresh
+    assert not fresh.resumed and fresh.config_path.is_file()
+
+
+def test_step_checkpoints_keep_the_last_k_and_latest(tmp_path: Path) -> None:
+    run = prepare_run_dir(tmp_path / "a", config=CONFIG)
+    assert latest_checkpoint(run) is None
+    for step in (1, 2, 5, 10, 11):
+        save_step_checkpoint(run, step, keep=3, policy=_policy(seed=step), robot="cheetah")
+    names = sorted(p.name for p in run.checkpoints.iterdir())
+    assert names == ["latest.pt", "step-000005.pt", "step-000010.pt", "step-000011.pt"]
+    assert latest_checkpoint(run) == run.checkpoints / "step-000011.pt"
+    assert latest_checkpoint(run.root) == latest_checkpoint(str(run.root))
+    assert (run.checkpoints / "latest.pt").read_bytes() == (run.checkpoints / "step-000011.pt").read_bytes()
+    assert load_checkpoint(latest_checkpoint(run)).iteration == 11
+    with pytest.raises(ValueError, match="step 4 is below the newest checkpoint step-000011.pt"):
+        save_step_checkpoint(run, 4, policy=_policy(), robot="cheetah")
+    save_step_checkpoint(run, 1_000_000, policy=_policy(), robot="cheetah")  # past 6 digits still sorts by number
+    assert latest_checkpoint(run).name == "step-1000000.pt"
+
+
+def test_latest_checkpoint_ignores_temp_files_and_falls_back_to_latest(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / ".step-000099.pt.abc.tmp").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path) is None
+    (folder / "latest.pt").write_bytes(b"x")
+    assert latest_checkpoint(tmp_path) == folder / "latest.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    return [line.split(",") for line in path.read_text().splitlines()]
+
+
+def test_metrics_jsonl_and_csv_with_all_columns(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "metrics", "train")
+    log.append({"step": 1, "return": 1.5})
+    log.append({"step": 2, "return": np.float32(2.5), "kl": torch.tensor(0.01)})
+    log.append({"step": 3, "eval": None})
+    assert log.read() == [{"step": 1, "return": 1.5}, {"step": 2, "return": 2.5, "kl": pytest.approx(0.01)},
+                          {"step": 3, "eval": None}]
+    rows = _csv_rows(tmp_path / "metrics" / "train.csv")
+    assert rows[0] == ["step", "return", "kl", "eval"]
+    assert rows[1] == ["1", "1.5", "", ""] and rows[3] == ["3", "", "", ""]
+    with pytest.raises(ValueError, match=r"record\['bad'\]"):
+        log.append({"step": 4, "bad": object()})
+    assert len(log.read()) == 3
+
+
+def test_metrics_resume_truncates_to_the_resumed_step(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path, "train")
+    for step in range(1, 8):
+        log.append({"step": step, "return": float(step)})
+    # The run checkpointed at step 5, logged 6 and 7, then died mid-line.
+    with (tmp_path / "train.jsonl").open("a") as handle:
+        handle.write('{"step": 8, "ret')
+    resumed = MetricsLog(tmp_path, "train", resume_step=5)
+    assert [r["step"] for r in resumed.read()] == [1, 2, 3, 4, 5]
+    for step in (6, 7, 8):
+        resumed.append({"step": step, "return": float(step), "stage": 1})
+    steps = [r["step"] for r in resumed.read()]
+    assert steps == list(range(1, 9))
+    rows = _csv_rows(tmp_path / "train.csv")
+    assert rows[0] == ["step", "return", "stage"] and [int(r[0]) for r in rows[1:]] == steps
+    assert [json.loads(line)["step"] for line in (tmp_path / "train.jsonl").read_text().splitlines()] == steps
+
+
+def test_metrics_repairs_a_torn_line_without_resume_step(tmp_path: Path) -> None:
+    (tmp_path / "m.jsonl").write_text('{"step": 1}\n{"st')
+    log = MetricsLog(tmp_path, "m")
+    log.append({"step": 2})
+    assert log.read() == [{"step": 1}, {"step": 2}]
+
+
+def test_metrics_appends_from_threads_stay_whole_lines(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path, "m")
+    threads = [threading.Thread(target=lambda i=i: log.append({"step": i})) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r["step"] for r in log.read()) == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML
+# ----------------------------------------------------------------------------------------------
+
+
+def test_load_yaml(tmp_path: Path) -> None:
+    (tmp_path / "ok.yaml").write_text("robot: cheetah\nppo: {lr: 0.001}\n")
+    assert load_yaml(tmp_path / "ok.yaml") == {"robot": "cheetah", "ppo": {"lr": 0.001}}
+    with pytest.raises(ValueError, match=r"config: no file at .*missing\.yaml"):
+        load_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="top level must be a mapping.*got list"):
+        load_yaml(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match="got an empty file"):
+        load_yaml(tmp_path / "empty.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "unsafe.yaml").write_text("a: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_yaml(tmp_path / "unsafe.yaml")
