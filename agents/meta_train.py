@@ -1,0 +1,134 @@
+"""The meta-training loop: sample tasks, adapt, sample again, meta-update; log, checkpoint, resume.
+
+One iteration: draw `meta_batch_size` training tasks; sample `episodes_per_task` episodes of each
+with the meta-parameters; adapt per task; sample as many with the adapted parameters; one
+MAML-TRPO (or first-order/Adam) meta-update. Every random draw of iteration i comes from seeds
+derived from (seed, i), so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from agents.checkpoint import MetricsLog, RunDir, latest_checkpoint, load_checkpoint, save_step_checkpoint
+from agents.maml import MAMLTRPO, MAMLConfig
+from agents.policy import GaussianMLPPolicy
+from agents.sampler import Sampler
+from envs.tasks import TaskDistribution, get_family
+
+
+@dataclass
+class MetaTrainConfig:
+    """Everything a meta-training run depends on (the YAML file's fields)."""
+
+    family: str = "cheetah_velocity"  # task family to meta-train on (envs.tasks.FAMILIES)
+    iterations: int = 100  # meta-iterations
+    meta_batch_size: int = 20  # tasks per meta-iteration
+    episodes_per_task: int = 10  # episodes per task, before and after adaptation
+    horizon: int = 200  # steps per episode
+    hidden_sizes: tuple[int, ...] = (64, 64)  # policy MLP widths
+    height_scan: bool = False  # give the policy the terrain heights ahead
+    inner_lr: float = 0.1  # inner SGD step size
+    num_inner_steps: int = 1  # inner adaptation steps
+    first_order: bool = False  # first-order MAML (no second-order terms)
+    outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update
+    max_kl: float = 0.01  # TRPO trust region
+    cg_damping: float = 1e-5  # Fisher damping in conjugate gradient
+    outer_lr: float = 1e-3  # Adam step size (outer_optimizer: adam)
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
+    seed: int = 0  # seeds tasks, env resets, action noise and the initial policy
+    checkpoint_every: int = 5  # iterations between checkpoints
+    num_threads: int | None = None  # physics threads (default: all cores)
+
+    def __post_init__(self) -> None:
+        get_family(self.family)
+        for name in ("iterations", "meta_batch_size", "episodes_per_task", "horizon", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        self.maml_config()  # validates the learner's fields
+
+    def maml_config(self) -> MAMLConfig:
+        """The learner's hyper-parameters."""
+        return MAMLConfig(inner_lr=self.inner_lr, num_inner_steps=self.num_inner_steps,
+                          first_order=self.first_order, outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
+                          cg_damping=self.cg_damping, outer_lr=self.outer_lr, gamma=self.gamma,
+                          gae_lambda=self.gae_lambda)
+
+
+def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
+    """A seed for one purpose (tasks, sampling before/after adaptation) of one iteration."""
+    return int(np.random.SeedSequence([seed, iteration, purpose]).generate_state(1)[0])
+
+
+def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> GaussianMLPPolicy:
+    """Run (or resume) meta-training into `run`; returns the meta-learned policy."""
+    family = get_family(config.family)
+    sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
+    torch.manual_seed(config.seed)
+    policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes)
+    learner = MAMLTRPO(policy, config.maml_config())
+    start = 0
+    resume_from = latest_checkpoint(run) if run.resumed else None
+    if resume_from is not None:
+        checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
+                                     expected_act_dim=sampler.act_dim)
+        policy.load_state_dict(checkpoint.policy.state_dict())
+        if learner.optimizer is not None and checkpoint.optimizer_state is not None:
+            learner.optimizer.load_state_dict(checkpoint.optimizer_state)
+        start = checkpoint.iteration
+    log = MetricsLog(run.metrics, "meta_train", resume_step=start if resume_from else None)
+    writer = SummaryWriter(str(run.tb))
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
+               desc=f"meta-train {config.family}", unit="it")
+    for iteration in bar:
+        record = meta_iteration(learner, sampler, config, iteration)
+        log.append(record)
+        for key, value in record.items():
+            if isinstance(value, int | float) and key != "step":
+                writer.add_scalar(f"meta/{key}", value, iteration + 1)
+        bar.set_postfix(pre=f"{record['pre_adapt_return']:.1f}", post=f"{record['post_adapt_return']:.1f}",
+                        sps=f"{record['steps_per_s']:.0f}")
+        if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
+            save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
+                                 optimizer=learner.optimizer, metadata={"family": config.family, "kind": "maml"})
+    writer.close()
+    sampler.close()
+    return policy
+
+
+def meta_iteration(learner: MAMLTRPO, sampler: Sampler, config: MetaTrainConfig, iteration: int) -> dict:
+    """One meta-iteration; returns its figures (returns, KL, step, times, steps/s)."""
+    t0 = time.perf_counter()
+    tasks = TaskDistribution(config.family, iteration_seed(config.seed, iteration, 0)).sample(config.meta_batch_size)
+    steps_before = sampler.env_steps
+    train = sampler.sample(learner.policy, tasks, config.episodes_per_task,
+                           seed=iteration_seed(config.seed, iteration, 1))
+    t1 = time.perf_counter()
+    adapted = [learner.adapt(episodes) for episodes in train]
+    t2 = time.perf_counter()
+    valid = sampler.sample(learner.policy, tasks, config.episodes_per_task, params=adapted,
+                           seed=iteration_seed(config.seed, iteration, 2))
+    t3 = time.perf_counter()
+    step = learner.step(list(zip(train, valid, strict=True)))
+    t4 = time.perf_counter()
+    sampled = sampler.env_steps - steps_before
+    return {
+        "step": iteration + 1,
+        **step.to_dict(),
+        "env_steps": sampled,
+        "steps_per_s": sampled / max((t1 - t0) + (t3 - t2), 1e-9),
+        "time_sample": (t1 - t0) + (t3 - t2),
+        "time_adapt": t2 - t1,
+        "time_meta_update": t4 - t3,
+        "time_iteration": t4 - t0,
+    }

@@ -1,0 +1,38 @@
+"""Meta-train a policy initialisation with MAML on a task family.
+
+    python scripts/meta_train.py --config assets/configs/maml_cheetah_velocity.yaml --run runs/maml
+    python scripts/meta_train.py ... --resume      # continue an interrupted run
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agents.checkpoint import load_yaml, prepare_run_dir
+from agents.config import config_from_dict, config_to_dict
+from agents.meta_train import MetaTrainConfig, meta_train
+
+
+def main() -> None:
+    """Parse arguments, validate the config, prepare the run directory, meta-train."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="YAML file with MetaTrainConfig fields")
+    parser.add_argument("--run", type=Path, required=True, help="run directory to create (or resume)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="move an existing run aside and start afresh")
+    parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    args = parser.parse_args()
+
+    raw = load_yaml(args.config)
+    if args.iterations is not None:
+        raw["iterations"] = args.iterations
+    config = config_from_dict(MetaTrainConfig, raw)
+    run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_to_dict(config),
+                          changeable={"resume", "force", "iterations", "num_threads"})
+    meta_train(config, run)
+    print(f"checkpoints: {run.checkpoints.resolve()}")
+
+
+if __name__ == "__main__":
+    main()
