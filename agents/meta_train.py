@@ -17,9 +17,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.checkpoint import MetricsLog, RunDir, latest_checkpoint, load_checkpoint, save_step_checkpoint
+from agents.checkpoint import load_checkpoint
 from agents.maml import MAMLTRPO, MAMLConfig
 from agents.policy import GaussianMLPPolicy
+from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution, get_family
 
