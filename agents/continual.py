@@ -1,0 +1,285 @@
+"""The curriculum loop: adapt -> train (EWC-regularised PPO) -> consolidate -> evaluate, per stage.
+
+Each stage starts with a few fast adaptation steps from the current policy (vanilla policy
+gradient, as MAML's inner loop), trains with `EWCPPO` for the stage's budget, folds the stage's
+Fisher into the regulariser, then evaluates every stage's task so far (the performance matrix)
+and the held-out terrains. After every stage the whole state goes into one checkpoint, so a
+killed run resumes from its last finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import tqdm
+
+from agents.checkpoint import load_checkpoint
+from agents.config import config_to_dict
+from agents.curriculum import CurriculumConfig, Schedule
+from agents.ewc import make_regularizer
+from agents.maml import adapt
+from agents.policy import GaussianMLPPolicy
+from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
+from agents.sampler import Sampler
+from agents.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
+from envs import ENV_IDS
+from envs.tasks import Task
+
+
+@dataclass
+class CurriculumState:
+    """Everything a finished stage leaves behind (what a resumed run starts from)."""
+
+    history: list[dict] = field(default_factory=list)  # one record per finished stage
+    matrix: list[list[float]] = field(default_factory=list)  # raw returns R[i][j] (NaN: not evaluated)
+    held_out: list[list[float]] = field(default_factory=list)  # raw held-out returns after each stage
+    pool_returns: list[list[float]] = field(default_factory=list)  # per pool entry, normalised evals
+    curves: list[list[list[float]]] = field(default_factory=list)  # per stage: [env step, mean return]
+    random_returns: list[float] = field(default_factory=list)  # random-init return of each pool task
+    random_held_out: list[float] = field(default_factory=list)
+    retries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+class _CurveRecorder(BaseCallback):
+    """Records (timesteps, mean training-episode return) after each PPO rollout."""
+
+    def __init__(self, curve: list[list[float]], offset: int, bar: tqdm | None) -> None:
+        super().__init__()
+        self.curve, self.offset, self.bar = curve, offset, bar
+        self._last = 0
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        done = self.model.num_timesteps - self.offset
+        if self.model.ep_info_buffer:
+            mean_return = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
+            self.curve.append([done, mean_return])
+        if self.bar is not None:
+            self.bar.update(done - self._last)
+            self._last = done
+
+
+class Curriculum:
+    """Runs one curriculum config in one run directory.
+
+    Args:
+        config: the validated curriculum.
+        run: the prepared run directory (fresh or resumed).
+        progress: show progress bars.
+    """
+
+    def __init__(self, config: CurriculumConfig, run: RunDir, progress: bool = True) -> None:
+        self.config = config
+        self.run = run
+        self.progress = progress
+        self.env_id = ENV_IDS[config.robot]
+        self.pool_tasks = [stage.task() for stage in config.stages]
+        self.held_out_tasks = [stage.task() for stage in config.evaluation.held_out]
+        self.sampler = Sampler(config.robot, config.horizon, height_scan=config.height_scan)
+        self.policy = self._initial_policy()
+        self.model = self._make_model()
+        self.schedule = Schedule(config)
+        self.state = CurriculumState()
+        self.log = MetricsLog(run.metrics, "stages")
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _initial_policy(self) -> GaussianMLPPolicy:
+        cfg = self.config
+        if cfg.init == "scratch":
+            torch.manual_seed(cfg.seed)
+            return GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, cfg.hidden_sizes)
+        checkpoint = load_checkpoint(cfg.init, expected_robot=cfg.robot, expected_obs_dim=self.sampler.obs_dim,
+                                     expected_act_dim=self.sampler.act_dim)
+        return checkpoint.policy
+
+    def _make_env(self, task: Task) -> gym.Env:
+        return gym.make(self.env_id, task=task, height_scan=self.config.height_scan,
+                        max_episode_steps=self.config.horizon)
+
+    def _make_model(self) -> EWCPPO:
+        cfg = self.config
+        reg = cfg.regularizer
+        regularizer = None if reg.kind == "none" else make_regularizer(reg.kind, strength=reg.strength,
+                                                                        mode=reg.mode, gamma=reg.gamma)
+        model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
+                       policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
+                       tensorboard_log=str(self.run.tb),
+                       **config_to_dict(cfg.ppo))
+        policy_to_sb3(self.policy, model.policy)
+        return model
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run_all(self) -> CurriculumState:
+        """Run (or resume) every stage; returns the final state."""
+        cfg = self.config
+        if not self._resume():
+            self.state.random_returns, self.state.random_held_out = self._random_references()
+            self.state.pool_returns = [[] for _ in self.pool_tasks]
+        while (pool_index := self.schedule.next_stage(self.state.history, self.state.pool_returns)) is not None:
+            record = self.run_stage(len(self.state.history), pool_index)
+            label = cfg.stages[pool_index].label
+            print(f"stage {record['stage']} {label:16s} adapt {record['return_before_adapt']:8.1f} -> "
+                  f"{record['return_after_adapt']:8.1f}  trained {record['return_after_training']:8.1f}  "
+                  f"distance {record['distance']:5.2f} m  mean over seen {record['mean_seen']:8.1f}", flush=True)
+        self.sampler.close()
+        return self.state
+
+    def run_stage(self, stage: int, pool_index: int) -> dict:
+        """Adapt, train, consolidate and evaluate one stage; checkpoint; return its record."""
+        cfg = self.config
+        task = self.pool_tasks[pool_index]
+        before, after = self._adapt(task, stage)
+        policy_to_sb3(self.policy, self.model.policy)
+        curve: list[list[float]] = []
+        success = self._train(task, stage, curve)
+        self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
+        if self.model.regularizer is not None:
+            self.model.consolidate(None, n_states=cfg.regularizer.fisher_states)
+        row, distance = self._evaluate_matrix_row(stage, pool_index)
+        held_out = self._evaluate(self.held_out_tasks, stage)[0] if self.held_out_tasks else []
+        if cfg.schedule == "ladder":
+            success = distance >= cfg.evaluation.success_distance
+        self.state.matrix.append(row)
+        self.state.held_out.append(held_out)
+        self.state.curves.append(curve)
+        record = {
+            "step": stage + 1,
+            "stage": stage,
+            "pool_index": pool_index,
+            "label": cfg.stages[pool_index].label,
+            "task": task.to_dict(),
+            "return_before_adapt": before,
+            "return_after_adapt": after,
+            "return_after_training": row[stage],
+            "distance": distance,
+            "success": bool(success),
+            "mean_seen": float(np.mean(row[: stage + 1])),
+            "held_out": held_out,
+            "train_steps": int(curve[-1][0]) if curve else 0,
+        }
+        self.state.history.append(record)
+        self.state.retries = self.schedule.retries
+        self.log.append(record)
+        self._save(stage)
+        return record
+
+    def _adapt(self, task: Task, stage: int) -> tuple[float, float]:
+        """A few vanilla policy-gradient steps on the new task; (return before, after)."""
+        cfg = self.config
+        params = {name: p.detach() for name, p in self.policy.named_parameters()}
+        seed = cfg.seed * 1000 + stage * 10
+        first = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params, seed=seed)[0]
+        before = float(first.total_returns().mean())
+        episodes = first
+        for k in range(cfg.adapt_steps):
+            params = {n: p.detach() for n, p in adapt(self.policy, params, episodes, cfg.inner_lr, True).items()}
+            episodes = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params,
+                                           seed=seed + k + 1)[0]
+        with torch.no_grad():
+            for name, p in self.policy.named_parameters():
+                p.copy_(params[name])
+        return before, float(episodes.total_returns().mean())
+
+    def _train(self, task: Task, stage: int, curve: list[list[float]]) -> bool:
+        """EWC-regularised PPO on the stage's task; True if the ladder's success criterion held."""
+        cfg = self.config
+        self.model.set_env(self._make_env(task))
+        self.model.set_random_seed(cfg.seed + stage)
+        start = self.model.num_timesteps
+        chunk = cfg.evaluation.eval_every if cfg.schedule == "ladder" else cfg.steps_per_stage
+        bar = tqdm(total=cfg.steps_per_stage, desc=f"stage {stage} {task.describe()}", unit="step",
+                   disable=not self.progress, leave=False)
+        recorder = _CurveRecorder(curve, start, bar)
+        success = False
+        while self.model.num_timesteps - start < cfg.steps_per_stage:
+            remaining = cfg.steps_per_stage - (self.model.num_timesteps - start)
+            self.model.learn(min(chunk, remaining), callback=recorder, reset_num_timesteps=False,
+                             tb_log_name=f"stage_{stage}", progress_bar=False)
+            if cfg.schedule == "ladder":
+                probe = sb3_to_policy(self.model.policy, self.policy.min_log_std)
+                _, distance = self._evaluate([task], stage, probe)
+                if distance[0] >= cfg.evaluation.success_distance:
+                    success = True
+                    break
+        bar.close()
+        return success
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    def _evaluate(self, tasks: list[Task], stage: int, policy: GaussianMLPPolicy | None = None
+                  ) -> tuple[list[float], list[float]]:
+        """Mean deterministic return and distance of `policy` (default: current) on each task."""
+        if not tasks:
+            return [], []
+        episodes = self.sampler.sample(policy or self.policy, tasks, self.config.evaluation.episodes,
+                                       seed=10_000 + self.config.seed, deterministic=True)
+        returns = [float(e.total_returns().mean()) for e in episodes]
+        distances = [float(e.info["distance"].mean()) for e in episodes]
+        return returns, distances
+
+    def _random_references(self) -> tuple[list[float], list[float]]:
+        """Returns of a randomly initialised policy (the 0 of the normalisation)."""
+        torch.manual_seed(self.config.seed + 12345)
+        random_policy = GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, self.policy.hidden_sizes)
+        return (self._evaluate(self.pool_tasks, -1, random_policy)[0],
+                self._evaluate(self.held_out_tasks, -1, random_policy)[0])
+
+    def _evaluate_matrix_row(self, stage: int, pool_index: int) -> tuple[list[float], float]:
+        """Row `stage` of R: the tasks of stages so far (and, for a fixed schedule, the ones to come)."""
+        cfg = self.config
+        seen = [record["pool_index"] for record in self.state.history] + [pool_index]
+        future = list(range(len(seen), len(self.pool_tasks))) if cfg.schedule == "fixed" else []
+        returns, distances = self._evaluate([self.pool_tasks[i] for i in seen + future], stage)
+        n_columns = self.schedule.total_stages()
+        row = [math.nan] * n_columns
+        for column, value in enumerate(returns):
+            row[column] = value
+        for pool, value in zip(seen, returns, strict=False):
+            low = self.state.random_returns[pool]
+            self.state.pool_returns[pool].append(value - low)
+        return row, distances[len(seen) - 1]
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _save(self, stage: int) -> None:
+        extra = {
+            "sb3_policy": dict(self.model.policy.state_dict()),
+            "sb3_optimizer": self.model.policy.optimizer.state_dict(),
+            "num_timesteps": int(self.model.num_timesteps),
+            "state_json": json.dumps(self.state.to_dict()),
+        }
+        save_step_checkpoint(self.run, stage + 1, keep=2, policy=self.policy, robot=self.config.robot, stage=stage + 1,
+                             regularizer=self.model.regularizer, extra_state=extra,
+                             metadata={"kind": "curriculum", "label": self.state.history[-1]["label"]})
+
+    def _resume(self) -> bool:
+        path = latest_checkpoint(self.run) if self.run.resumed else None
+        if path is None:
+            return False
+        checkpoint = load_checkpoint(path, expected_robot=self.config.robot)
+        self.policy = checkpoint.policy
+        self.model.policy.load_state_dict(checkpoint.extra_state["sb3_policy"])
+        self.model.policy.optimizer.load_state_dict(checkpoint.extra_state["sb3_optimizer"])
+        self.model.num_timesteps = int(checkpoint.extra_state["num_timesteps"])
+        if self.model.regularizer is not None and checkpoint.regularizer_state is not None:
+            self.model.regularizer.load_state_dict(checkpoint.regularizer_state)
+        self.state = CurriculumState(**json.loads(checkpoint.extra_state["state_json"]))
+        self.schedule.retries = self.state.retries
+        self.log = MetricsLog(self.run.metrics, "stages", resume_step=len(self.state.history))
+        print(f"resumed after stage {len(self.state.history) - 1} from {path}")
+        return True

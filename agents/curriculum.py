@@ -1,0 +1,195 @@
+"""Curriculum configs (the YAML a user writes) and the schedules that pick each next stage.
+
+A curriculum names the robot, the initial policy (a MAML checkpoint or from scratch), a list of
+stages (each a terrain at a difficulty, optionally with physics and goal), the budget per stage,
+the regulariser that keeps earlier skills, evaluation settings and seeds. Schedules:
+
+- fixed: the stages in the order given.
+- ladder: the stages in order, as rungs; a stage ends early once its success criterion holds
+  (mean distance covered over the evaluation episodes, as legged_gym's terrain curriculum uses
+  distance walked), and a rung missed at the end of its budget is retried `max_retries` times
+  before the ladder stops.
+- adaptive: `num_stages` stages chosen from the given pool by learning progress (the task whose
+  evaluated return changed most since it was last trained, Matiisen et al. 2017) or by weakness
+  (the lowest normalised return); tasks not yet trained come first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from envs.robots import get_robot
+from envs.tasks import Goal, Physics, Task, Terrain
+
+
+@dataclass
+class StageConfig:
+    """One stage: a terrain at a difficulty, with optional physics and goal."""
+
+    terrain: str = "flat"  # terrain kind (envs.terrain.terrain_kinds())
+    difficulty: float = 0.0  # in [0, 1]
+    seed: int = 0  # terrain seed
+    physics: dict = field(default_factory=dict)  # Physics fields, e.g. {friction: 0.5}
+    target_velocity: float | None = None  # None: reward progress
+    direction: float = 0.0  # heading of "forward" in radians (planar robots: 0 or pi)
+    name: str | None = None  # label in tables and plots (default: terrain@difficulty)
+
+    def task(self, where: str = "stage") -> Task:
+        """The stage's Task (validated, errors naming the field)."""
+        try:
+            return Task(Terrain(self.terrain, self.difficulty, self.seed), Physics(**self.physics),
+                        Goal(target_velocity=self.target_velocity, direction=self.direction))
+        except TypeError as error:  # an unknown physics field
+            raise ValueError(f"{where}.physics: {error}; allowed: {sorted(Physics.__dataclass_fields__)}") from error
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
+
+    @property
+    def label(self) -> str:
+        """Short name for tables and plots."""
+        return self.name or f"{self.terrain}@{self.difficulty:g}"
+
+
+@dataclass
+class PPOConfig:
+    """Stable-Baselines3 PPO settings for each stage's training."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 1024  # rollout length per update
+    batch_size: int = 64
+    n_epochs: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+
+
+@dataclass
+class RegularizerConfig:
+    """What keeps earlier skills: EWC (Fisher-weighted), L2 (unit weights) or none."""
+
+    kind: Literal["ewc", "l2", "none"] = "ewc"
+    strength: float = 100.0  # lambda: the loss term is strength / 2 * penalty
+    mode: Literal["online", "separate"] = "online"
+    gamma: float = 1.0  # online decay of older Fishers
+    fisher_states: int = 2048  # states used to estimate each Fisher
+
+
+@dataclass
+class EvaluationConfig:
+    """How each stage is evaluated."""
+
+    episodes: int = 5  # deterministic episodes per task
+    held_out: list[StageConfig] = field(default_factory=list)  # never trained: generalisation
+    success_distance: float = 3.0  # ladder: metres covered on average to pass a rung
+    eval_every: int = 5000  # ladder: env steps between success checks within a stage
+
+
+@dataclass
+class CurriculumConfig:
+    """A whole curriculum (one YAML file)."""
+
+    robot: str = "cheetah"
+    init: str = "scratch"  # "scratch" or the path of a MAML checkpoint
+    hidden_sizes: tuple[int, ...] = (64, 64)  # policy widths when starting from scratch
+    height_scan: bool = False
+    horizon: int = 200  # steps per episode, in training and evaluation
+    schedule: Literal["fixed", "ladder", "adaptive"] = "fixed"
+    stages: list[StageConfig] = field(default_factory=list)
+    num_stages: int | None = None  # adaptive: stages to run (default: the pool's size)
+    adaptive_criterion: Literal["progress", "weakest"] = "progress"
+    max_retries: int = 1  # ladder: extra tries of a missed rung
+    steps_per_stage: int = 20000  # PPO env steps per stage
+    adapt_steps: int = 1  # fast adaptation steps at the start of each stage
+    adapt_episodes: int = 10  # episodes per adaptation step
+    inner_lr: float = 0.1  # adaptation step size
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    video: bool = True  # render the final policy on every stage's terrain
+    video_steps: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_robot(self.robot)
+        if not self.stages:
+            raise ValueError("stages must list at least one stage")
+        for i, stage in enumerate(self.stages):
+            stage.task(f"stages[{i}]")
+        for i, stage in enumerate(self.evaluation.held_out):
+            stage.task(f"evaluation.held_out[{i}]")
+        positive = {"horizon": self.horizon, "steps_per_stage": self.steps_per_stage,
+                    "adapt_episodes": self.adapt_episodes, "evaluation.episodes": self.evaluation.episodes,
+                    "evaluation.eval_every": self.evaluation.eval_every, "video_steps": self.video_steps,
+                    "ppo.n_steps": self.ppo.n_steps, "ppo.batch_size": self.ppo.batch_size,
+                    "ppo.n_epochs": self.ppo.n_epochs, "regularizer.fisher_states": self.regularizer.fisher_states}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in {"adapt_steps": self.adapt_steps, "max_retries": self.max_retries,
+                            "regularizer.strength": self.regularizer.strength}.items():
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not self.inner_lr > 0 or not self.ppo.learning_rate > 0:
+            raise ValueError("inner_lr and ppo.learning_rate must be > 0")
+        if self.num_stages is not None and self.num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+        if self.init != "scratch" and not Path(self.init).is_file():
+            raise ValueError(f"init: no checkpoint file at {self.init!r} (or use 'scratch')")
+
+
+class Schedule:
+    """Chooses which pool entry each stage trains on, from what the evaluations showed."""
+
+    def __init__(self, config: CurriculumConfig) -> None:
+        self.config = config
+        self.pool = config.stages
+        self.retries = 0
+
+    def total_stages(self) -> int:
+        """Upper bound on the number of stages (the ladder may stop earlier)."""
+        if self.config.schedule == "adaptive":
+            return self.config.num_stages or len(self.pool)
+        if self.config.schedule == "ladder":
+            return len(self.pool) * (1 + self.config.max_retries)
+        return len(self.pool)
+
+    def next_stage(self, history: list[dict], pool_returns: list[list[float]]) -> int | None:
+        """Pool index of the next stage, or None when the curriculum is over.
+
+        Args:
+            history: one record per finished stage: {"pool_index", "success"}.
+            pool_returns: for each pool entry, its normalised evaluated returns so far (one
+                value per evaluation, oldest first).
+        """
+        if len(history) >= self.total_stages():
+            return None
+        schedule = self.config.schedule
+        if schedule == "fixed":
+            return len(history)
+        if schedule == "ladder":
+            if not history:
+                return 0
+            last = history[-1]
+            if last["success"]:
+                self.retries = 0
+                following = last["pool_index"] + 1
+                return following if following < len(self.pool) else None
+            if self.retries < self.config.max_retries:
+                self.retries += 1
+                return last["pool_index"]
+            return None
+        trained = {record["pool_index"] for record in history}
+        untried = [i for i in range(len(self.pool)) if i not in trained]
+        if untried:
+            return untried[0]
+        if self.config.adaptive_criterion == "weakest":
+            return int(np.argmin([returns[-1] for returns in pool_returns]))
+        progress = [abs(r[-1] - r[-2]) if len(r) >= 2 else math.inf for r in pool_returns]
+        return int(np.argmax(progress))

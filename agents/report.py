@@ -1,0 +1,154 @@
+"""A finished curriculum's figures: metrics from the performance matrix, plots, and report.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from agents.atomic import atomic_write_text
+from agents.metrics import (
+    average_forgetting,
+    average_performance,
+    backward_transfer,
+    forgetting,
+    matrix_to_markdown,
+)
+
+
+def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequence[float]) -> tuple[np.ndarray, str]:
+    """R normalised per task: 0 = a random-init policy's return, 1 = the best return seen on it.
+
+    Returns the matrix and a sentence saying what the reference was. Stages that repeat a task
+    (retries, adaptive schedules) are separate columns.
+    """
+    raw = np.asarray(matrix, dtype=float)
+    low = np.asarray(random_returns, dtype=float)[: raw.shape[1]]
+    best = np.nanmax(np.where(np.isnan(raw), -np.inf, raw), axis=0)
+    span = np.where(best - low > 1e-6, best - low, 1.0)
+    note = ("normalised per task: 0 is a randomly initialised policy's return, 1 the best return this run "
+            "reached on that task after any stage")
+    return (raw - low) / span, note
+
+
+def summary(matrix_norm: np.ndarray) -> dict[str, float]:
+    """Average performance, forgetting and backward transfer of a square normalised matrix."""
+    n = min(matrix_norm.shape)
+    square = matrix_norm[:n, :n]
+    return {
+        "average_performance": average_performance(square),
+        "average_forgetting": average_forgetting(square),
+        "backward_transfer": backward_transfer(square),
+    }
+
+
+def plot_curves(curves: Sequence[Sequence[Sequence[float]]], labels: Sequence[str], path: Path) -> Path:
+    """Training return against env steps, stage after stage (dashed lines between stages)."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    offset = 0.0
+    for curve, label in zip(curves, labels, strict=True):
+        if curve:
+            steps, values = np.asarray(curve, dtype=float).T
+            ax.plot(offset + steps, values, label=label)
+            offset += steps[-1]
+        ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("mean training episode return")
+    ax.set_title("Learning curve per stage")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_matrix(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
+    """Heat map of the normalised performance matrix (rows: after stage i, columns: task j)."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    image = ax.imshow(matrix_norm, cmap="viridis", vmin=0.0, vmax=1.0)
+    for (i, j), value in np.ndenumerate(matrix_norm):
+        if not math.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), [f"after {label}" for label in labels])
+    ax.set_title("Performance matrix (normalised)")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def plot_forgetting(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
+    """Forgetting of each task (value at the end of its stage minus value at the end)."""
+    n = min(matrix_norm.shape)
+    values = forgetting(matrix_norm[:n, :n]) if n > 1 else np.zeros(0)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(len(values)), values, color="tab:red")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(values)), labels[: len(values)], rotation=30, ha="right")
+    ax.set_ylabel("forgetting (normalised)")
+    ax.set_title("Forgetting per task")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial.png")
+    fig.tight_layout()
+    fig.savefig(partial, dpi=110)
+    plt.close(fig)
+    os.replace(partial, path)
+    return path
+
+
+def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence[str], videos: Sequence[Path]) -> Path:
+    """Write report.md (and the plots it shows) into `run`; returns its path."""
+    history = state["history"]
+    labels = [record["label"] for record in history]
+    matrix = np.asarray(state["matrix"], dtype=float)[:, : len(history)]
+    matrix_norm, note = normalised_matrix(matrix, [state["random_returns"][r["pool_index"]] for r in history])
+    figures = summary(matrix_norm)
+    plots = run / "plots"
+    images = [plot_curves(state["curves"], labels, plots / "learning_curves.png"),
+              plot_matrix(matrix_norm, labels, plots / "performance_matrix.png"),
+              plot_forgetting(matrix_norm, labels, plots / "forgetting.png")]
+    reg = config["regularizer"]
+    lines = [
+        f"# Curriculum report: {run.name}", "",
+        f"Robot `{config['robot']}`, initial policy `{config['init']}`, schedule `{config['schedule']}`, "
+        f"regulariser `{reg['kind']}` (lambda {reg['strength']:g}), {config['steps_per_stage']:,} PPO steps per "
+        f"stage after {config['adapt_steps']} adaptation step(s), horizon {config['horizon']}, seed {config['seed']}.",
+        "",
+        "## Stages", "",
+        "| stage | task | return before adapt | after adapt | after training | distance (m) | success |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for record in history:
+        lines.append(f"| {record['stage']} | {record['label']} | {record['return_before_adapt']:.1f} | "
+                     f"{record['return_after_adapt']:.1f} | {record['return_after_training']:.1f} | "
+                     f"{record['distance']:.2f} | {'yes' if record['success'] else 'no'} |")
+    lines += ["", "## Performance matrix (raw returns; row i = after stage i)", "",
+              matrix_to_markdown(matrix, labels, precision=1), "",
+              f"Normalised ({note}):", "", matrix_to_markdown(matrix_norm, labels, precision=2), "",
+              "| metric | value |", "|---|---:|"]
+    lines += [f"| {name.replace('_', ' ')} | {value:.3f} |" for name, value in figures.items()]
+    if held_out_labels:
+        lines += ["", "## Held-out terrains (never trained; raw return after each stage)", "",
+                  "| after stage | " + " | ".join(held_out_labels) + " |",
+                  "|---|" + "---:|" * len(held_out_labels)]
+        lines += [f"| {label} | " + " | ".join(f"{v:.1f}" for v in row) + " |"
+                  for label, row in zip(labels, state["held_out"], strict=True)]
+        lines.append("| random init | " + " | ".join(f"{v:.1f}" for v in state["random_held_out"]) + " |")
+    lines += ["", "## Pictures", ""] + [f"![{p.stem}](plots/{p.name})" for p in images]
+    if videos:
+        lines += ["", "## Videos", ""] + [f"- [{v.name}](videos/{v.name})" for v in videos]
+    path = run / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(run / "summary.json", json.dumps(
+        {"metrics": figures, "labels": labels, "matrix": matrix.tolist(), "matrix_normalised": matrix_norm.tolist()},
+        indent=2, allow_nan=True))
+    return path

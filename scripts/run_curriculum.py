@@ -1,0 +1,54 @@
+"""Run a locomotion curriculum: adapt -> EWC-regularised PPO -> consolidate -> evaluate, per stage.
+
+    python scripts/run_curriculum.py --config assets/configs/curriculum_cheetah.yaml --run runs/curriculum
+    python scripts/run_curriculum.py ... --resume     # continue after an interruption
+    python scripts/run_curriculum.py ... --force      # move an existing run aside, start afresh
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agents.config import config_from_dict, config_to_dict
+from agents.continual import Curriculum
+from agents.curriculum import CurriculumConfig
+from agents.report import write_report
+from agents.rundir import load_yaml, prepare_run_dir
+from agents.video import render_policy
+
+
+def main() -> None:
+    """Validate the config, prepare the run directory, run every stage, write videos and report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="curriculum YAML (CurriculumConfig fields)")
+    parser.add_argument("--run", type=Path, required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last finished stage")
+    parser.add_argument("--force", action="store_true", help="move an existing run aside and start afresh")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+
+    config = config_from_dict(CurriculumConfig, load_yaml(args.config))
+    config_dict = config_to_dict(config)
+    run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_dict)
+    curriculum = Curriculum(config, run, progress=not args.no_progress)
+    state = curriculum.run_all()
+
+    videos = []
+    if config.video:
+        stages = [config.stages[record["pool_index"]] for record in state.history]
+        seen = list(dict.fromkeys(stage.label for stage in stages))
+        unique = [next(s for s in stages if s.label == label) for label in seen]
+        tasks = [stage.task() for stage in unique + list(config.evaluation.held_out)]
+        labels = seen + [f"held-out {stage.label}" for stage in config.evaluation.held_out]
+        path, _ = render_policy(curriculum.policy, config.robot, tasks, run.videos / "final_policy.mp4",
+                                steps=config.video_steps, labels=labels, height_scan=config.height_scan,
+                                columns=min(3, len(tasks)))
+        videos.append(path)
+    report = write_report(run.root, config_dict, state.to_dict(),
+                          [stage.label for stage in config.evaluation.held_out], videos)
+    print(f"report: {report.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Curricula end to end: artefacts, resume after a kill, config errors, no silent overwrite."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import yaml
+
+from agents.config import config_from_dict
+from agents.continual import Curriculum
+from agents.curriculum import CurriculumConfig, Schedule
+from agents.rundir import prepare_run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "robot": "cheetah",
+    "init": "scratch",
+    "hidden_sizes": [8],
+    "horizon": 30,
+    "stages": [{"terrain": "flat"}, {"terrain": "rough", "difficulty": 0.5, "seed": 1}],
+    "steps_per_stage": 128,
+    "adapt_episodes": 2,
+    "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    "regularizer": {"kind": "ewc", "strength": 10.0, "fisher_states": 64},
+    "evaluation": {"episodes": 1, "held_out": [{"terrain": "gaps", "difficulty": 0.2}]},
+    "video": True,
+    "video_steps": 12,
+}
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    config = {**TINY, **changes}
+    path = tmp_path / "curriculum.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_script(config: Path, run: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run_curriculum.py"), "--config", str(config),
+                           "--run", str(run), "--no-progress", *flags], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+@pytest.mark.expensive
+def test_tiny_curriculum_writes_every_artefact(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_script(write_config(tmp_path), run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "report:" in result.stdout
+    for name in ("config.yaml", "report.md", "summary.json", "metrics/stages.jsonl", "metrics/stages.csv",
+                 "plots/learning_curves.png", "plots/performance_matrix.png", "plots/forgetting.png",
+                 "checkpoints/latest.pt", "videos/final_policy.mp4"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").rglob("events.out.tfevents.*")), "TensorBoard events"
+    records = [json.loads(line) for line in (run / "metrics/stages.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in records] == ["flat@0", "rough@0.5"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["matrix"]) == 2 and len(summary["matrix"][0]) == 2
+    video = iio.imread(run / "videos/final_policy.mp4")
+    assert video.shape == (12, 240, 3 * 320, 3), "three panels (two stages, one held-out), 12 frames"
+    report = (run / "report.md").read_text()
+    assert "Performance matrix" in report and "average forgetting" in report and "gaps@0.2" in report
+
+    again = run_script(write_config(tmp_path), run)
+    assert again.returncode != 0 and "--resume" in again.stderr
+    assert json.loads((run / "summary.json").read_text()) == summary, "an existing run is never overwritten"
+
+
+@pytest.mark.expensive
+def test_a_run_killed_mid_stage_resumes_with_the_same_stage_list(tmp_path: Path, monkeypatch) -> None:
+    config = config_from_dict(CurriculumConfig, {**TINY, "video": False})
+    dump = {**TINY, "video": False}
+    original = Curriculum.run_stage
+
+    def killed_in_stage_one(self, stage, pool_index):
+        if stage == 1:
+            raise KeyboardInterrupt("killed mid-stage")
+        return original(self, stage, pool_index)
+
+    monkeypatch.setattr(Curriculum, "run_stage", killed_in_stage_one)
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=dump)
+    with pytest.raises(KeyboardInterrupt):
+        Curriculum(config, run, progress=False).run_all()
+    monkeypatch.setattr(Curriculum, "run_stage", original)
+    resumed_run = prepare_run_dir(tmp_path / "run", resume=True, force=False, config=dump)
+    state = Curriculum(config, resumed_run, progress=False).run_all()
+    assert [r["label"] for r in state.history] == ["flat@0", "rough@0.5"]
+    assert [r["stage"] for r in state.history] == [0, 1]
+    lines = (tmp_path / "run/metrics/stages.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in lines] == [0, 1], "no duplicate rows after resume"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"stages": [{"terrain": "lava"}]}, "terrain.kind"),
+        ({"steps_per_stage": -5}, "steps_per_stage"),
+        ({"init": "missing/maml.pt"}, "init"),
+        ({"robot": "octopus"}, "robot"),
+        ({"regularizer": {"kind": "ewc2"}}, "regularizer.kind"),
+        ({"stages": [{"terrain": "flat", "physics": {"friction": -1}}]}, "physics.friction"),
+        ({"schedule": "random"}, "schedule"),
+        ({"stages": []}, "stages"),
+        ({"horizon": "long"}, "horizon"),
+        ({"stagez": []}, "unknown fields"),
+    ],
+)
+def test_config_errors_name_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        config_from_dict(CurriculumConfig, {**TINY, **changes})
+
+
+def test_checkpoint_of_another_robot_fails_before_training(tmp_path: Path) -> None:
+    import torch
+
+    from agents.checkpoint import save_checkpoint
+    from agents.policy import GaussianMLPPolicy
+
+    path = tmp_path / "quadruped.pt"
+    save_checkpoint(path, policy=GaussianMLPPolicy(29, 8, (8,)), robot="quadruped")
+    run = tmp_path / "run"
+    result = run_script(write_config(tmp_path, init=str(path)), run)
+    assert result.returncode != 0
+    assert "quadruped" in result.stderr and "cheetah" in result.stderr
+    assert not (run / "checkpoints" / "latest.pt").exists()
+    del torch
+
+
+def test_schedules_choose_stages() -> None:
+    stages = [{"terrain": "flat"}, {"terrain": "rough", "difficulty": 0.3}, {"terrain": "rough", "difficulty": 0.6}]
+    ladder = Schedule(config_from_dict(CurriculumConfig, {**TINY, "stages": stages, "schedule": "ladder",
+                                                          "max_retries": 1}))
+    assert ladder.next_stage([], []) == 0
+    assert ladder.next_stage([{"pool_index": 0, "success": True}], []) == 1
+    history = [{"pool_index": 0, "success": True}, {"pool_index": 1, "success": False}]
+    assert ladder.next_stage(history, []) == 1, "a missed rung is retried"
+    history.append({"pool_index": 1, "success": False})
+    assert ladder.next_stage(history, []) is None, "then the ladder stops"
+
+    adaptive = Schedule(config_from_dict(CurriculumConfig, {**TINY, "stages": stages, "schedule": "adaptive",
+                                                            "num_stages": 5}))
+    done = [{"pool_index": i, "success": False} for i in range(3)]
+    assert adaptive.next_stage(done[:1], [[1.0], [], []]) == 1, "untried tasks first"
+    assert adaptive.next_stage(done, [[1.0, 1.1], [0.0, 2.0], [3.0, 3.0]]) == 1, "largest learning progress"
+    weakest = Schedule(config_from_dict(CurriculumConfig, {**TINY, "stages": stages, "schedule": "adaptive",
+                                                           "adaptive_criterion": "weakest"}))
+    assert weakest.next_stage(done, [[1.0], [0.5], [3.0]]) is None, "num_stages defaults to the pool size"
+    weakest.config.num_stages = 4
+    assert weakest.next_stage(done, [[1.0], [0.5], [3.0]]) == 1
