@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.checkpoint import load_checkpoint
@@ -82,6 +83,8 @@ class Curriculum:
     """
 
     def __init__(self, config: CurriculumConfig, run: RunDir, progress: bool = True) -> None:
+        # Small MLPs run fastest on one thread; the physics threads use the cores.
+        torch.set_num_threads(1)
         self.config = config
         self.run = run
         self.progress = progress
@@ -106,9 +109,11 @@ class Curriculum:
                                      expected_act_dim=self.sampler.act_dim)
         return checkpoint.policy
 
-    def _make_env(self, task: Task) -> gym.Env:
-        return gym.make(self.env_id, task=task, height_scan=self.config.height_scan,
-                        max_episode_steps=self.config.horizon)
+    def _make_env(self, task: Task, seed: int = 0) -> VecEnv:
+        cfg = self.config
+        return make_vec_env(self.env_id, n_envs=cfg.ppo.n_envs, seed=cfg.seed + seed,
+                            env_kwargs={"task": task, "height_scan": cfg.height_scan,
+                                        "max_episode_steps": cfg.horizon})
 
     def _make_model(self) -> EWCPPO:
         cfg = self.config
@@ -118,7 +123,7 @@ class Curriculum:
         model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
                        policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
                        tensorboard_log=str(self.run.tb),
-                       **config_to_dict(cfg.ppo))
+                       **{k: v for k, v in config_to_dict(cfg.ppo).items() if k != "n_envs"})
         policy_to_sb3(self.policy, model.policy)
         return model
 
@@ -198,7 +203,7 @@ class Curriculum:
     def _train(self, task: Task, stage: int, curve: list[list[float]]) -> bool:
         """EWC-regularised PPO on the stage's task; True if the ladder's success criterion held."""
         cfg = self.config
-        self.model.set_env(self._make_env(task))
+        self.model.set_env(self._make_env(task, seed=1000 * (stage + 1)))
         self.model.set_random_seed(cfg.seed + stage)
         start = self.model.num_timesteps
         chunk = cfg.evaluation.eval_every if cfg.schedule == "ladder" else cfg.steps_per_stage

@@ -59,10 +59,11 @@ class StageConfig:
 class PPOConfig:
     """Stable-Baselines3 PPO settings for each stage's training."""
 
+    n_envs: int = 8  # envs stepped side by side (batches the policy forward: ~10x faster on CPU)
     learning_rate: float = 3e-4
-    n_steps: int = 1024  # rollout length per update
-    batch_size: int = 64
-    n_epochs: int = 5
+    n_steps: int = 256  # rollout length per env per update (n_steps * n_envs steps per update)
+    batch_size: int = 256
+    n_epochs: int = 4
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -127,7 +128,8 @@ class CurriculumConfig:
         positive = {"horizon": self.horizon, "steps_per_stage": self.steps_per_stage,
                     "adapt_episodes": self.adapt_episodes, "evaluation.episodes": self.evaluation.episodes,
                     "evaluation.eval_every": self.evaluation.eval_every, "video_steps": self.video_steps,
-                    "ppo.n_steps": self.ppo.n_steps, "ppo.batch_size": self.ppo.batch_size,
+                    "ppo.n_steps": self.ppo.n_steps, "ppo.n_envs": self.ppo.n_envs,
+                    "ppo.batch_size": self.ppo.batch_size,
                     "ppo.n_epochs": self.ppo.n_epochs, "regularizer.fisher_states": self.regularizer.fisher_states}
         for name, value in positive.items():
             if value < 1:

@@ -23,7 +23,7 @@ TINY = {
     "stages": [{"terrain": "flat"}, {"terrain": "rough", "difficulty": 0.5, "seed": 1}],
     "steps_per_stage": 128,
     "adapt_episodes": 2,
-    "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    "ppo": {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1},
     "regularizer": {"kind": "ewc", "strength": 10.0, "fisher_states": 64},
     "evaluation": {"episodes": 1, "held_out": [{"terrain": "gaps", "difficulty": 0.2}]},
     "video": True,
