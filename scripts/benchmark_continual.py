@@ -1,0 +1,107 @@
+"""Does EWC keep earlier skills? Fine-tuning vs L2 vs EWC on conflicting cheetah tasks.
+
+Runs the same fixed curriculum once per method (same seeds, same budget per stage), plus one
+from-scratch run per task as the reference, then scores every method on one normalisation:
+0 = a randomly initialised policy's return, 1 = the from-scratch reference's final return on that
+task. Writes runs/bench_continual/results.md and results.json.
+
+    python scripts/benchmark_continual.py                 # the stated budget (about 20 min on 2 cores)
+    python scripts/benchmark_continual.py --steps 4000    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.config import config_from_dict
+from agents.continual import Curriculum
+from agents.curriculum import CurriculumConfig
+from agents.metrics import matrix_to_markdown, normalize, summarize
+from agents.rundir import prepare_run_dir
+
+#: Three conflicting skills: run forward, run backward, run forward on rough ground with weak motors.
+STAGES = [
+    {"terrain": "flat", "name": "forward"},
+    {"terrain": "flat", "direction": 3.141592653589793, "name": "backward"},
+    {"terrain": "rough", "difficulty": 0.4, "seed": 3, "physics": {"motor_strength": 0.7}, "name": "rough-weak"},
+]
+CURVE_POINTS = 11
+
+
+def base_config(steps: int, seed: int) -> dict:
+    """The curriculum every method runs (only the regulariser differs)."""
+    return {"robot": "cheetah", "init": "scratch", "hidden_sizes": [64, 64], "horizon": 200, "schedule": "fixed",
+            "stages": STAGES, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
+            "evaluation": {"episodes": 5}}
+
+
+def run(name: str, config: dict, out: Path) -> dict:
+    """Run one curriculum into out/name (moving any old run aside); its final state as a dict."""
+    cfg = config_from_dict(CurriculumConfig, config)
+    run_dir = prepare_run_dir(out / name, resume=False, force=True, config=config)
+    print(f"== {name}", flush=True)
+    return Curriculum(cfg, run_dir, progress=False).run_all().to_dict()
+
+
+def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float) -> np.ndarray:
+    """A stage's training curve resampled on an even grid over its budget, normalised."""
+    if not curve:
+        return np.zeros(CURVE_POINTS)
+    x, y = np.asarray(curve, dtype=float).T
+    grid = np.linspace(0, steps, CURVE_POINTS)
+    return normalize(np.interp(grid, x, y), low, high)
+
+
+def main() -> None:
+    """Run every method and the references; score them side by side."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60_000, help="PPO env steps per stage")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ewc-lambda", type=float, nargs="+", default=[1000.0], help="EWC strengths to run")
+    parser.add_argument("--l2-lambda", type=float, nargs="+", default=[10.0], help="L2 strengths to run")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
+    args = parser.parse_args()
+
+    base = base_config(args.steps, args.seed)
+    methods = {"finetune": {"kind": "none"}}
+    methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
+    methods |= {f"ewc_{lam:g}": {"kind": "ewc", "strength": lam} for lam in args.ewc_lambda}
+    references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
+                      args.out) for stage in STAGES]
+    states = {name: run(name, {**base, "regularizer": reg}, args.out) for name, reg in methods.items()}
+
+    low = np.asarray(states["finetune"]["random_returns"])
+    high = np.array([ref["matrix"][0][0] for ref in references])
+    ref_curves = [curve_on_grid(ref["curves"][0], args.steps, low[j], high[j]) for j, ref in enumerate(references)]
+    labels = [stage["name"] for stage in STAGES]
+    results = {"steps_per_stage": args.steps, "seed": args.seed, "random_returns": low.tolist(),
+               "reference_returns": high.tolist(), "methods": {}}
+    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
+             f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, seed {args.seed}, "
+             "5 deterministic evaluation episodes per task.", "",
+             "Normalised per task: 0 = random-init return, 1 = from-scratch reference after the same budget "
+             f"(random {np.round(low, 1).tolist()}, reference {np.round(high, 1).tolist()}).", "",
+             "| method | average performance | average forgetting | backward transfer | forward transfer |",
+             "|---|---:|---:|---:|---:|"]
+    tables = []
+    for name, state in states.items():
+        matrix = normalize(np.asarray(state["matrix"], dtype=float), low, high)
+        curves = [curve_on_grid(curve, args.steps, low[j], high[j]) for j, curve in enumerate(state["curves"])]
+        scores = summarize(matrix, curves=curves, reference_curves=ref_curves)
+        results["methods"][name] = {"matrix_raw": state["matrix"], "matrix": matrix.tolist(), **scores}
+        lines.append(f"| {name} | {scores['average_performance']:.3f} | {scores['average_forgetting']:.3f} | "
+                     f"{scores['backward_transfer']:.3f} | {scores['average_forward_transfer']:.3f} |")
+        tables += ["", f"### {name} (normalised performance matrix)", "", matrix_to_markdown(matrix, labels)]
+    lines += ["", "## Performance matrices", *tables, ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
