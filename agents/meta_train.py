@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.checkpoint import load_checkpoint
+from agents.config import config_to_dict
 from agents.maml import MAMLTRPO, MAMLConfig
 from agents.policy import GaussianMLPPolicy
 from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
@@ -73,6 +74,8 @@ def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
 
 def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> GaussianMLPPolicy:
     """Run (or resume) meta-training into `run`; returns the meta-learned policy."""
+    # Small MLPs run fastest single-threaded; two torch threads fight the physics threads for 2 cores.
+    torch.set_num_threads(1)
     family = get_family(config.family)
     sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
     torch.manual_seed(config.seed)
@@ -101,7 +104,8 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> G
                         sps=f"{record['steps_per_s']:.0f}")
         if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
             save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
-                                 optimizer=learner.optimizer, metadata={"family": config.family, "kind": "maml"})
+                                 optimizer=learner.optimizer,
+                                 metadata={"family": config.family, "kind": "maml", "config": config_to_dict(config)})
     writer.close()
     sampler.close()
     return policy

@@ -1,0 +1,82 @@
+"""Render a checkpoint's policy on chosen terrains, before and after adaptation, to MP4 or GIF.
+
+    python scripts/render_rollout.py --checkpoint assets/checkpoints/maml_cheetah_velocity.pt \
+        --terrains flat:0 rough:0.5 stairs_up:0.4 --adapt-steps 1 --out runs/videos/rollout.mp4
+
+With --adapt-steps k > 0 the video has two rows: the policy as loaded (top) and after k
+adaptation steps on each terrain (bottom). Each panel shows the task and the running return.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from agents.checkpoint import load_checkpoint
+from agents.maml import adapt
+from agents.sampler import Sampler
+from agents.video import render_policy
+from envs.tasks import Goal, Task, Terrain
+
+
+def parse_terrain(text: str) -> Terrain:
+    """'kind:difficulty[:seed]' -> Terrain (ValueError naming the field on bad input)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"--terrains entries must look like kind:difficulty[:seed], got {text!r}")
+    try:
+        difficulty, seed = float(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+    except ValueError as error:
+        raise ValueError(f"--terrains entry {text!r}: difficulty must be a number, seed an integer") from error
+    return Terrain(parts[0], difficulty, seed)
+
+
+def main() -> None:
+    """Load, optionally adapt per terrain, render the grid."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--robot", default="cheetah")
+    parser.add_argument("--terrains", nargs="+", default=["flat:0", "rough:0.5", "stairs_up:0.4"])
+    parser.add_argument("--target-velocity", type=float, default=None, help="track this speed (default: progress)")
+    parser.add_argument("--adapt-steps", type=int, default=0, help="adaptation steps per terrain (0: none)")
+    parser.add_argument("--inner-lr", type=float, default=0.1)
+    parser.add_argument("--adapt-episodes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=200, help="frames (env steps) per panel")
+    parser.add_argument("--height-scan", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/videos/rollout.mp4"))
+    args = parser.parse_args()
+
+    if args.out.suffix not in (".mp4", ".gif"):
+        raise ValueError(f"--out must end in .mp4 or .gif, got {args.out.name!r}")
+    if args.adapt_steps < 0:
+        raise ValueError(f"--adapt-steps must be >= 0, got {args.adapt_steps}")
+    tasks = [Task(parse_terrain(t), goal=Goal(target_velocity=args.target_velocity)) for t in args.terrains]
+    sampler = Sampler(args.robot, args.steps, height_scan=args.height_scan)
+    policy = load_checkpoint(args.checkpoint, expected_robot=args.robot, expected_obs_dim=sampler.obs_dim,
+                             expected_act_dim=sampler.act_dim).policy
+    params: list = [None] * len(tasks)
+    labels = [f"before: {t.describe()}" if args.adapt_steps else t.describe() for t in tasks]
+    if args.adapt_steps:
+        adapted = [dict(policy.named_parameters()) for _ in tasks]
+        for k in range(args.adapt_steps):
+            episodes = sampler.sample(policy, tasks, args.adapt_episodes, params=adapted, seed=args.seed + k)
+            adapted = [{n: p.detach() for n, p in adapt(policy, a, e, args.inner_lr, True).items()}
+                       for a, e in zip(adapted, episodes, strict=True)]
+        params += adapted
+        labels += [f"after {args.adapt_steps}: {t.describe()}" for t in tasks]
+        tasks = tasks + tasks
+    sampler.close()
+    with torch.no_grad():
+        path, totals = render_policy(policy, args.robot, tasks, args.out, steps=args.steps, params=params,
+                                     labels=labels, height_scan=args.height_scan,
+                                     columns=len(args.terrains), seed=args.seed)
+    for label, total in zip(labels, totals, strict=True):
+        print(f"{label:40s} return {total:8.1f}")
+    print(f"video: {path.resolve()}")
+
+
+if __name__ == "__main__":
+    main()
