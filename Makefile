@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The default curriculum, end to end; an earlier runs/demo is moved aside, never deleted.
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/run_curriculum.py --config assets/configs/curriculum_cheetah.yaml --run runs/demo --force
 
 test: $(STAMP)
 	$(BIN)/ruff check .
