@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,8 @@ class Curriculum:
         task = self.pool_tasks[pool_index]
         before, after = self._adapt(task, stage)
         policy_to_sb3(self.policy, self.model.policy)
+        if stage > 0 and cfg.reset_critic:
+            self._fresh_critic(stage)
         curve: list[list[float]] = []
         success = self._train(task, stage, curve)
         self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
@@ -199,6 +202,21 @@ class Curriculum:
             for name, p in self.policy.named_parameters():
                 p.copy_(params[name])
         return before, float(episodes.total_returns().mean())
+
+    def _fresh_critic(self, stage: int) -> None:
+        """Re-initialise the value function and the optimiser state for a new task.
+
+        The critic is task-specific: one fitted to the previous task's reward biases the new
+        task's advantages towards the old skill (seen here: PPO on "run backward" after "run
+        forward" made backward returns worse with the old critic, better with a fresh one).
+        The actor, which carries the skills, is kept.
+        """
+        policy = self.model.policy
+        torch.manual_seed(self.config.seed * 1000 + stage)
+        policy.mlp_extractor.value_net.apply(partial(policy.init_weights, gain=np.sqrt(2)))
+        policy.value_net.apply(partial(policy.init_weights, gain=1.0))
+        policy.optimizer = policy.optimizer_class(policy.parameters(), lr=self.config.ppo.learning_rate,
+                                                  **policy.optimizer_kwargs)
 
     def _train(self, task: Task, stage: int, curve: list[list[float]]) -> bool:
         """EWC-regularised PPO on the stage's task; True if the ladder's success criterion held."""

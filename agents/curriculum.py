@@ -110,6 +110,7 @@ class CurriculumConfig:
     adapt_steps: int = 1  # fast adaptation steps at the start of each stage
     adapt_episodes: int = 10  # episodes per adaptation step
     inner_lr: float = 0.1  # adaptation step size
+    reset_critic: bool = True  # new value function (and optimiser state) at each new stage, see continual.py
     ppo: PPOConfig = field(default_factory=PPOConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -150,3 +150,23 @@ def test_schedules_choose_stages() -> None:
     assert weakest.next_stage(done, [[1.0], [0.5], [3.0]]) is None, "num_stages defaults to the pool size"
     weakest.config.num_stages = 4
     assert weakest.next_stage(done, [[1.0], [0.5], [3.0]]) == 1
+
+
+def test_a_new_stage_gets_a_fresh_critic_and_keeps_the_actor(tmp_path: Path) -> None:
+    import torch
+
+    config = config_from_dict(CurriculumConfig, {**TINY, "video": False})
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config={**TINY, "video": False})
+    curriculum = Curriculum(config, run, progress=False)
+    policy = curriculum.model.policy
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.25)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    curriculum._fresh_critic(1)
+    after = dict(policy.named_parameters())
+    critic = [n for n in before if n.startswith(("mlp_extractor.value_net", "value_net"))]
+    actor = [n for n in before if n not in critic]
+    assert critic and actor
+    assert all(not torch.equal(before[n], after[n]) for n in critic if n.endswith("weight"))
+    assert all(torch.equal(before[n], after[n]) for n in actor)
