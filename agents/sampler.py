@@ -7,6 +7,7 @@ parameters through `torch.func.vmap`. Same seed, same episodes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -46,6 +47,7 @@ class Sampler:
         self.obs_dim = probe.observation_space.shape[0]
         self.act_dim = probe.action_space.shape[0]
         self.env_steps = 0  # total env steps sampled so far (for steps/s figures)
+        self.seconds = {"simulate": 0.0, "policy": 0.0}  # where sampling time went, summed over calls
 
     def _env(self, size: int) -> BatchedEnv:
         if self._batch is None or self._batch.num_envs != size:
@@ -103,12 +105,16 @@ class Sampler:
         x_start = env.qpos[:, 0].copy()
         for t in range(horizon):
             observations[t] = obs
+            started = time.perf_counter()
             with torch.no_grad():
                 mean, std = act(torch.from_numpy(observations[t]))
                 action = mean if deterministic else mean + std * torch.randn(mean.shape, generator=noise)
             actions[t] = action.numpy()
             mask[t] = ~done
+            stepped = time.perf_counter()
             obs, reward, term, trunc, info = env.step(actions[t], active=~done)
+            self.seconds["policy"] += stepped - started
+            self.seconds["simulate"] += time.perf_counter() - stepped
             rewards[t] = np.where(done, 0.0, reward)
             terminated |= term & ~done
             unstable |= info["physics_unstable"] & ~done

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import mujoco
@@ -101,6 +103,82 @@ def bench_task_switch(robot: str, repeats: int) -> dict[str, float]:
     return result
 
 
+def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]:
+    """Our sampler vs Gymnasium's SyncVectorEnv loop, same policy (one batched forward a step)."""
+    import torch
+
+    from agents.policy import GaussianMLPPolicy
+    from agents.sampler import Sampler
+
+    torch.set_num_threads(1)
+    sampler = Sampler("cheetah", horizon)
+    policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, (64, 64))
+    tasks = [Task()] * num_envs
+    vector = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_IDS["cheetah"]) for _ in range(num_envs)])
+
+    def ours() -> float:
+        before = sampler.env_steps
+        start = time.perf_counter()
+        sampler.sample(policy, tasks, 1, seed=0)
+        return (sampler.env_steps - before) / (time.perf_counter() - start)
+
+    def gym_loop() -> float:
+        obs, _ = vector.reset(seed=0)
+        start = time.perf_counter()
+        for _ in range(horizon):
+            with torch.no_grad():
+                dist = policy(torch.as_tensor(obs, dtype=torch.float32))
+                action = dist.sample().numpy()
+            obs, *_ = vector.step(action)
+        return num_envs * horizon / (time.perf_counter() - start)
+
+    ours()  # builds the batch once, as any real use does
+    result = median_of(repeats, {"ours": ours, "gymnasium_loop": gym_loop})
+    result["ours_over_gymnasium"] = result["ours"] / result["gymnasium_loop"]
+    return result
+
+
+def bench_meta_iteration(quick: bool) -> dict[str, float]:
+    """One MAML-TRPO iteration of the default cheetah config: wall time and where it goes."""
+    import torch
+
+    from agents.config import config_from_dict
+    from agents.maml import MAMLTRPO
+    from agents.meta_train import MetaTrainConfig, meta_iteration
+    from agents.policy import GaussianMLPPolicy
+    from agents.rundir import load_yaml
+    from agents.sampler import Sampler
+
+    torch.set_num_threads(1)
+    raw = load_yaml(Path(__file__).resolve().parent.parent / "assets/configs/maml_cheetah_velocity.yaml")
+    if quick:
+        raw |= {"meta_batch_size": 8, "episodes_per_task": 5}
+    config = config_from_dict(MetaTrainConfig, raw)
+    sampler = Sampler("cheetah", config.horizon)
+    learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes), config.maml_config())
+    meta_iteration(learner, sampler, config, 0)  # warm-up: builds the batched envs
+    sampler.seconds = {"simulate": 0.0, "policy": 0.0}
+    record = meta_iteration(learner, sampler, config, 1)
+    total = record["time_iteration"]
+    parts = {"simulation": sampler.seconds["simulate"], "policy_forward": sampler.seconds["policy"],
+             "adaptation": record["time_adapt"], "outer_update": record["time_meta_update"]}
+    parts["other_sampling"] = max(record["time_sample"] - parts["simulation"] - parts["policy_forward"], 0.0)
+    return {"tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task,
+            "env_steps": record["env_steps"], "wall_s": total, **{f"{k}_s": v for k, v in parts.items()},
+            **{f"{k}_share": v / total for k, v in parts.items()}}
+
+
+def isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn(*args) in a fresh process; returns (result, that process's peak memory in MiB)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, (fn, *args))
+
+
+def _measure(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    result = fn(*args)
+    return result, peak_memory_mb()
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -121,7 +199,21 @@ def to_markdown(results: dict) -> str:
     for robot, row in results["task_switch"].items():
         lines.append(f"| {robot} | {row['set_task_reset_s'] * 1e3:.3f} ms | {row['recompile_s'] * 1e3:.2f} ms"
                      f" | {row['speedup']:.0f}x |")
-    lines += ["", f"peak memory: {results['peak_memory_mb']:.0f} MiB", ""]
+    lines += ["", "## Sampler (cheetah, flat, 64x64 policy; env steps/s incl. the policy, medians)", "",
+              "| envs | ours | Gymnasium SyncVectorEnv loop | ours/Gymnasium | ours / 2-core physics limit |"
+              " peak MiB |", "|---:|---:|---:|---:|---:|---:|"]
+    for n, row in results["sampler"].items():
+        lines.append(f"| {n} | {row['ours']:,.0f} | {row['gymnasium_loop']:,.0f} | {row['ours_over_gymnasium']:.2f} | "
+                     f"{row['ours_over_two_core_limit']:.2f} | {row['peak_mb']:.0f} |")
+    meta = results["meta_iteration"]
+    lines += ["", f"2-core physics limit: 2 x {results['env_steps']['cheetah/flat']['raw_limit']:,.0f} env steps/s "
+              "(single-thread raw frame_skip x mj_step, times two cores).", "",
+              f"## One MAML-TRPO meta-iteration ({meta['tasks']} tasks x {meta['episodes_per_task']} episodes, "
+              f"{meta['env_steps']:,} env steps): {meta['wall_s']:.1f} s, peak {meta['peak_mb']:.0f} MiB", "",
+              "| part | seconds | share |", "|---|---:|---:|"]
+    for part in ("simulation", "policy_forward", "other_sampling", "adaptation", "outer_update"):
+        lines.append(f"| {part.replace('_', ' ')} | {meta[part + '_s']:.2f} | {meta[part + '_share']:.0%} |")
+    lines += ["", f"peak memory of the env benchmarks: {results['peak_memory_mb']:.0f} MiB", ""]
     return "\n".join(lines)
 
 
@@ -131,7 +223,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under 2 minutes)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
-    n_steps, repeats = (1000, 3) if args.quick else (5000, 7)
+    n_steps, repeats = (1000, 3) if args.quick else (5000, 5)
 
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}, "
                                 f"mujoco {mujoco.__version__}, gymnasium {gym.__version__}",
@@ -147,6 +239,20 @@ def main() -> None:
         print(f"{robot:9s} task switch {row['set_task_reset_s'] * 1e3:.3f} ms vs recompile "
               f"{row['recompile_s'] * 1e3:.2f} ms ({row['speedup']:.0f}x)", flush=True)
     results["peak_memory_mb"] = peak_memory_mb()
+    limit = 2 * results["env_steps"]["cheetah/flat"]["raw_limit"]
+    results["sampler"] = {}
+    for num_envs in (1, 8, 64):
+        row, peak = isolated(bench_sampler, num_envs, 100 if args.quick else 200, repeats)
+        row |= {"ours_over_two_core_limit": row["ours"] / limit, "peak_mb": peak}
+        results["sampler"][num_envs] = row
+        print(f"sampler {num_envs:3d} envs: ours {row['ours']:8,.0f}/s  gymnasium loop {row['gymnasium_loop']:8,.0f}/s"
+              f"  ratio {row['ours_over_gymnasium']:.2f}  of 2-core limit {row['ours_over_two_core_limit']:.2f}",
+              flush=True)
+    meta, peak = isolated(bench_meta_iteration, args.quick)
+    results["meta_iteration"] = meta | {"peak_mb": peak}
+    print(f"meta-iteration {meta['wall_s']:.1f} s: simulation {meta['simulation_share']:.0%}, policy "
+          f"{meta['policy_forward_share']:.0%}, adaptation {meta['adaptation_share']:.0%}, outer update "
+          f"{meta['outer_update_share']:.0%}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
