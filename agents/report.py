@@ -36,7 +36,7 @@ def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequenc
     best = np.nanmax(np.where(np.isnan(raw), -np.inf, raw), axis=0)
     span = np.where(best - low > 1e-6, best - low, 1.0)
     note = ("normalised per task: 0 is a randomly initialised policy's return, 1 the best return this run "
-            "reached on that task after any stage")
+            "reached on that task after any stage; negative values are worse than the random policy")
     return (raw - low) / span, note
 
 
@@ -71,10 +71,13 @@ def plot_curves(curves: Sequence[Sequence[Sequence[float]]], labels: Sequence[st
 def plot_matrix(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
     """Heat map of the normalised performance matrix (rows: after stage i, columns: task j)."""
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
-    image = ax.imshow(matrix_norm, cmap="viridis", vmin=0.0, vmax=1.0)
+    finite = matrix_norm[np.isfinite(matrix_norm)]
+    low, high = min(0.0, float(finite.min(initial=0.0))), max(1.0, float(finite.max(initial=1.0)))
+    image = ax.imshow(matrix_norm, cmap="viridis", vmin=low, vmax=high)
     for (i, j), value in np.ndenumerate(matrix_norm):
         if not math.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+            dark = value < low + 0.6 * (high - low)
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if dark else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), [f"after {label}" for label in labels])
     ax.set_title("Performance matrix (normalised)")
