@@ -5,7 +5,7 @@ from-scratch run per task as the reference, then scores every method on one norm
 0 = a randomly initialised policy's return, 1 = the from-scratch reference's final return on that
 task. Writes runs/bench_continual/results.md and results.json.
 
-    python scripts/benchmark_continual.py                 # the stated budget (about 20 min on 2 cores)
+    python scripts/benchmark_continual.py                 # the stated budget (about 30 min on 2 cores)
     python scripts/benchmark_continual.py --steps 4000    # a quick look
 """
 
@@ -36,7 +36,7 @@ def base_config(steps: int, seed: int) -> dict:
     """The curriculum every method runs (only the regulariser differs)."""
     return {"robot": "cheetah", "init": "scratch", "hidden_sizes": [64, 64], "horizon": 200, "schedule": "fixed",
             "stages": STAGES, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
-            "evaluation": {"episodes": 5}}
+            "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
 
 
 def run(name: str, config: dict, out: Path) -> dict:
@@ -59,7 +59,7 @@ def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float)
 def main() -> None:
     """Run every method and the references; score them side by side."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60_000, help="PPO env steps per stage")
+    parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ewc-lambda", type=float, nargs="+", default=[1000.0], help="EWC strengths to run")
     parser.add_argument("--l2-lambda", type=float, nargs="+", default=[10.0], help="L2 strengths to run")
