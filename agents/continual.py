@@ -74,6 +74,30 @@ class _CurveRecorder(BaseCallback):
             self._last = done
 
 
+def check_curriculum(config: CurriculumConfig) -> None:
+    """Everything that can be checked before a run directory is touched: every task on the robot
+    (actuator indices, headings) and the initial checkpoint (robot, observation and action sizes).
+
+    Raises:
+        ValueError: naming the stage or field at fault.
+    """
+    from envs.locomotion import LocomotionEnv
+
+    probe = LocomotionEnv(config.robot, height_scan=config.height_scan)
+    named = [(f"stages[{i}]", s) for i, s in enumerate(config.stages)]
+    named += [(f"evaluation.held_out[{i}]", s) for i, s in enumerate(config.evaluation.held_out)]
+    for where, stage in named:
+        task = stage.task(where)
+        try:
+            probe.set_task(task)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
+    if config.init != "scratch":
+        load_checkpoint(config.init, expected_robot=config.robot, expected_obs_dim=probe.observation_space.shape[0],
+                        expected_act_dim=probe.action_space.shape[0])
+    probe.close()
+
+
 class Curriculum:
     """Runs one curriculum config in one run directory.
 
@@ -224,6 +248,8 @@ class Curriculum:
         self.model.set_env(self._make_env(task, seed=1000 * (stage + 1)))
         self.model.set_random_seed(cfg.seed + stage)
         start = self.model.num_timesteps
+        if self.model.ep_info_buffer is not None:  # (None before the first learn())
+            self.model.ep_info_buffer.clear()  # the curve is this stage's episodes only
         chunk = cfg.evaluation.eval_every if cfg.schedule == "ladder" else cfg.steps_per_stage
         bar = tqdm(total=cfg.steps_per_stage, desc=f"stage {stage} {task.describe()}", unit="step",
                    disable=not self.progress, leave=False)
@@ -272,9 +298,9 @@ class Curriculum:
         row = [math.nan] * n_columns
         for column, value in enumerate(returns):
             row[column] = value
-        for pool, value in zip(seen, returns, strict=False):
-            low = self.state.random_returns[pool]
-            self.state.pool_returns[pool].append(value - low)
+        evaluated = dict(zip(seen, returns, strict=False))  # a retrained task counts once per evaluation
+        for pool, value in evaluated.items():
+            self.state.pool_returns[pool].append(value - self.state.random_returns[pool])
         return row, distances[len(seen) - 1]
 
     # --- checkpoints ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ class Episodes:
         rewards: `[T, B]` float32 rewards.
         mask: `[T, B]` float32, 1 for real steps, 0 for padding after termination/truncation.
         terminated: `[B]` bool, the episode ended in a terminal state (no bootstrapping).
-        info: per-episode summaries `[B]` (e.g. "distance": metres travelled along x,
+        info: per-episode summaries `[B]` (e.g. "distance": metres travelled along the goal's heading,
             "physics_unstable": the physics diverged), filled by the sampler.
     """
 

@@ -90,7 +90,7 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> G
         if learner.optimizer is not None and checkpoint.optimizer_state is not None:
             learner.optimizer.load_state_dict(checkpoint.optimizer_state)
         start = checkpoint.iteration
-    log = MetricsLog(run.metrics, "meta_train", resume_step=start if resume_from else None)
+    log = MetricsLog(run.metrics, "meta_train", resume_step=start if run.resumed else None)
     writer = SummaryWriter(str(run.tb))
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc=f"meta-train {config.family}", unit="it")

@@ -208,7 +208,7 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
         start = checkpoint.iteration
     log = writer = None
     if run is not None:
-        log = MetricsLog(run.metrics, "pretrain", resume_step=start if resume_from else None)
+        log = MetricsLog(run.metrics, "pretrain", resume_step=start if run.resumed else None)
         writer = SummaryWriter(str(run.tb))
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc=f"pretrain {config.family}", unit="it")

@@ -34,16 +34,22 @@ def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequenc
     raw = np.asarray(matrix, dtype=float)
     low = np.asarray(random_returns, dtype=float)[: raw.shape[1]]
     best = np.nanmax(np.where(np.isnan(raw), -np.inf, raw), axis=0)
-    span = np.where(best - low > 1e-6, best - low, 1.0)
+    span = best - low
+    undefined = ~(span > 1e-6)
     note = ("normalised per task: 0 is a randomly initialised policy's return, 1 the best return this run "
             "reached on that task after any stage; negative values are worse than the random policy")
-    return (raw - low) / span, note
+    if undefined.any():
+        note += "; tasks where no stage beat the random policy are left undefined (NaN)"
+    return (raw - low) / np.where(undefined, np.nan, span), note
 
 
 def summary(matrix_norm: np.ndarray) -> dict[str, float]:
-    """Average performance, forgetting and backward transfer of a square normalised matrix."""
+    """Average performance, forgetting and backward transfer of a square normalised matrix
+    (NaN when a task's normalisation is undefined)."""
     n = min(matrix_norm.shape)
     square = matrix_norm[:n, :n]
+    if not np.isfinite(np.tril(square)).all():
+        return {"average_performance": math.nan, "average_forgetting": math.nan, "backward_transfer": math.nan}
     return {
         "average_performance": average_performance(square),
         "average_forgetting": average_forgetting(square),
@@ -88,7 +94,8 @@ def plot_matrix(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> P
 def plot_forgetting(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
     """Forgetting of each task (value at the end of its stage minus value at the end)."""
     n = min(matrix_norm.shape)
-    values = forgetting(matrix_norm[:n, :n]) if n > 1 else np.zeros(0)
+    defined = n > 1 and np.isfinite(np.tril(matrix_norm[:n, :n])).all()
+    values = forgetting(matrix_norm[:n, :n]) if defined else np.zeros(0)
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(range(len(values)), values, color="tab:red")
     ax.axhline(0.0, color="black", linewidth=0.8)
@@ -106,6 +113,15 @@ def _save(fig: Any, path: Path) -> Path:
     plt.close(fig)
     os.replace(partial, path)
     return path
+
+
+def _markdown_with_nan(matrix: np.ndarray, labels: Sequence[str]) -> str:
+    """Markdown table of a normalised matrix, "n/a" where the normalisation is undefined."""
+    lines = ["| after training on | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for i, row in enumerate(matrix):
+        cells = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in row]
+        lines.append(f"| {i}: {labels[i]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence[str], videos: Sequence[Path]) -> Path:
@@ -136,7 +152,7 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
                      f"{record['distance']:.2f} | {'yes' if record['success'] else 'no'} |")
     lines += ["", "## Performance matrix (raw returns; row i = after stage i)", "",
               matrix_to_markdown(matrix, labels, precision=1), "",
-              f"Normalised ({note}):", "", matrix_to_markdown(matrix_norm, labels, precision=2), "",
+              f"Normalised ({note}):", "", _markdown_with_nan(matrix_norm, labels), "",
               "| metric | value |", "|---|---:|"]
     lines += [f"| {name.replace('_', ' ')} | {value:.3f} |" for name, value in figures.items()]
     if held_out_labels:

@@ -102,7 +102,8 @@ class Sampler:
 
         act = _batched_actor(policy, params, n_tasks, per_task)
         obs = env.reset(env_seeds)
-        x_start = env.qpos[:, 0].copy()
+        root = env.readout.root
+        xy_start = env.qpos[:, :root].copy()
         for t in range(horizon):
             observations[t] = obs
             started = time.perf_counter()
@@ -124,7 +125,7 @@ class Sampler:
                 break
         observations *= mask[..., None]
         actions *= mask[..., None]
-        distance = env.qpos[:, 0] - x_start
+        distance = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
         return [
             Episodes(
                 observations=torch.from_numpy(observations[:, group]),
@@ -132,7 +133,7 @@ class Sampler:
                 rewards=torch.from_numpy(rewards[:, group]),
                 mask=torch.from_numpy(mask[:, group]),
                 terminated=torch.from_numpy(terminated[group]),
-                info={"distance": torch.from_numpy(distance[group]),
+                info={"distance": torch.from_numpy(distance[group]),  # metres along the goal's heading
                       "physics_unstable": torch.from_numpy(unstable[group])},
             )
             for group in (slice(t * per_task, (t + 1) * per_task) for t in range(n_tasks))

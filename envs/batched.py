@@ -54,6 +54,7 @@ class BatchedEnv:
         self.qvel = np.zeros((num_envs, nv))
         self._stable = np.ones(num_envs, dtype=bool)
         self._active = np.ones(num_envs, dtype=bool)
+        self._finite_actions = np.ones(num_envs, dtype=bool)
         self._actions = np.zeros((num_envs, first.model.nu))
         self.set_tasks([first.task] * num_envs)
 
@@ -69,7 +70,7 @@ class BatchedEnv:
         for env, task in zip(self.envs, tasks, strict=True):
             env.set_task(task)
         goals = [goal_arrays(t.goal.target_velocity, t.goal.direction) for t in tasks]
-        self._heading = np.stack([g[0] for g in goals])
+        self.heading = np.stack([g[0] for g in goals])
         self._target = np.array([g[1] for g in goals])
         self._goal_obs = np.stack([g[2] for g in goals])
         flat = all(not env.heights.any() for env in self.envs)
@@ -101,13 +102,14 @@ class BatchedEnv:
         self._active[:] = True if active is None else active
         self._actions[:] = clip_action(np.asarray(actions, dtype=np.float64), self.envs[0].ctrl_low,
                                        self.envs[0].ctrl_high)
+        self._finite_actions = np.isfinite(self._actions).all(axis=1)
         xy_before = self.qpos[:, : self.readout.root].copy()
         if self._pool is None:
             self._simulate(self._chunks[0])
         else:
             for future in [self._pool.submit(self._simulate, chunk) for chunk in self._chunks]:
                 future.result()
-        out = self.readout.step(xy_before, self.qpos, self.qvel, self._actions, self._heights, self._heading,
+        out = self.readout.step(xy_before, self.qpos, self.qvel, self._actions, self._heights, self.heading,
                                 self._target, self._goal_obs)
         unstable = ~(self._stable & np.isfinite(self.qpos).all(axis=1) & np.isfinite(self.qvel).all(axis=1))
         if unstable.any():
@@ -132,6 +134,9 @@ class BatchedEnv:
             if not active[i]:
                 continue
             env = self.envs[i]
+            if not self._finite_actions[i]:
+                self._stable[i] = False  # as the single env: a non-finite action ends the episode unstepped
+                continue
             env.data.ctrl[:] = actions[i]
             self._stable[i] = simulate(env.model, env.data, frame_skip, env.warning_counts)
             self.qpos[i] = env.data.qpos

@@ -15,7 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.physics import PhysicsDefaults, apply_physics
+from envs.physics import PhysicsDefaults, apply_physics, check_physics
 from envs.readout import Readout, goal_arrays
 from envs.render import FrameRenderer
 from envs.robots import RobotSpec, get_robot
@@ -166,6 +166,7 @@ class LocomotionEnv(gym.Env):
         if self.spec_robot.planar and task.goal.direction not in (0.0, math.pi, -math.pi):
             raise ValueError(f"goal.direction must be 0 or pi for the planar {self.spec_robot.name}, "
                              f"got {task.goal.direction}")
+        check_physics(task.physics, self.model.nu)  # before anything changes: a rejected task changes nothing
         grid = self.spec_robot.grid
         heights = terrain_heights(task.terrain.kind, task.terrain.difficulty, task.terrain.seed, grid)
         flat = not heights.any()
@@ -209,8 +210,10 @@ class LocomotionEnv(gym.Env):
         """Advance frame_skip physics steps; reward parts and state go into `info`."""
         action = clip_action(np.asarray(action, dtype=np.float64)[None], self.ctrl_low, self.ctrl_high)
         xy_before = self.data.qpos[None, : self._root_xy].copy()
-        self.data.ctrl[:] = action[0]
-        stable = simulate(self.model, self.data, self.frame_skip, self.warning_counts)
+        stable = bool(np.isfinite(action).all())  # a diverged policy ends its episode like diverged physics
+        if stable:
+            self.data.ctrl[:] = action[0]
+            stable = simulate(self.model, self.data, self.frame_skip, self.warning_counts)
         if not (stable and np.isfinite(self.data.qpos).all() and np.isfinite(self.data.qvel).all()):
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task}

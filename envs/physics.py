@@ -37,6 +37,13 @@ class PhysicsDefaults:
         )
 
 
+def check_physics(physics: Physics, n_actuators: int) -> None:
+    """ValueError unless every disabled actuator index is an actuator of the model."""
+    bad = [i for i in physics.disabled_actuators if i >= n_actuators]
+    if bad:
+        raise ValueError(f"physics.disabled_actuators must be in [0, {n_actuators - 1}], got {bad}")
+
+
 def apply_physics(
     model: mujoco.MjModel,
     data: mujoco.MjData,
@@ -53,9 +60,7 @@ def apply_physics(
     Raises:
         ValueError: a disabled actuator index is not an actuator of this model.
     """
-    bad = [i for i in physics.disabled_actuators if i >= model.nu]
-    if bad:
-        raise ValueError(f"physics.disabled_actuators must be in [0, {model.nu - 1}], got {bad}")
+    check_physics(physics, model.nu)
     model.geom_friction[:] = defaults.geom_friction
     model.geom_friction[ground_geom, 0] = physics.friction
 

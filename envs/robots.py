@@ -52,7 +52,9 @@ class RobotSpec:
         return len(self.scan_x) * (1 if self.planar else len(self.scan_y))
 
 
-_PLANAR_GRID = TerrainGrid(x_start=-5.0, length=70.0, half_width=1.0, cell=0.05, planar=True)
+# Terrain features lie ahead along +x; the ground behind the spawn is flat and long enough for
+# backward tasks (direction pi) to run as far as forward ones.
+_PLANAR_GRID = TerrainGrid(x_start=-45.0, length=110.0, half_width=1.0, cell=0.05, planar=True)
 _SCAN_AHEAD = tuple(round(-0.4 + 0.2 * i, 2) for i in range(11))  # -0.4 m .. 1.6 m
 
 ROBOTS: dict[str, RobotSpec] = {
@@ -72,7 +74,7 @@ ROBOTS: dict[str, RobotSpec] = {
             xml=ASSETS / "quadruped.xml",
             frame_skip=5,
             planar=False,
-            grid=TerrainGrid(x_start=-5.0, length=50.0, half_width=8.0, cell=0.1, planar=False),
+            grid=TerrainGrid(x_start=-20.0, length=65.0, half_width=12.0, cell=0.1, planar=False),
             scan_x=(-0.4, 0.0, 0.4, 0.8, 1.2),
             scan_y=(-0.4, 0.0, 0.4),
             ctrl_cost_weight=0.5,

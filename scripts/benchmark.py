@@ -22,6 +22,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from agents.atomic import atomic_write_text
 from envs import ENV_IDS
 from envs.locomotion import LocomotionEnv, build_model
 from envs.tasks import Task, Terrain
@@ -255,8 +256,8 @@ def main() -> None:
           f"{meta['outer_update_share']:.0%}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
-    (args.out / "benchmark.md").write_text(to_markdown(results))
+    atomic_write_text(args.out / "benchmark.json", json.dumps(results, indent=2))
+    atomic_write_text(args.out / "benchmark.md", to_markdown(results))
     print(f"wrote {args.out / 'benchmark.md'}")
 
 

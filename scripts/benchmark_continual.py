@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.atomic import atomic_write_text
 from agents.config import config_from_dict
 from agents.continual import Curriculum
 from agents.curriculum import CurriculumConfig
@@ -98,8 +99,8 @@ def main() -> None:
         tables += ["", f"### {name} (normalised performance matrix)", "", matrix_to_markdown(matrix, labels)]
     lines += ["", "## Performance matrices", *tables, ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "results.md").write_text("\n".join(lines))
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(args.out / "results.md", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from agents.config import config_from_dict, config_to_dict
-from agents.continual import Curriculum
+from agents.continual import Curriculum, check_curriculum
 from agents.curriculum import CurriculumConfig
 from agents.report import write_report
 from agents.rundir import load_yaml, prepare_run_dir
@@ -29,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = config_from_dict(CurriculumConfig, load_yaml(args.config))
+    check_curriculum(config)  # before the run directory is created or an old one moved aside
     config_dict = config_to_dict(config)
     run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_dict)
     curriculum = Curriculum(config, run, progress=not args.no_progress)

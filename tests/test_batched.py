@@ -53,3 +53,13 @@ def test_bad_sizes_are_rejected() -> None:
         batch.reset([0, 1, 2])
     with pytest.raises(ValueError, match="num_envs"):
         BatchedEnv("cheetah", 0)
+
+
+def test_a_non_finite_action_marks_only_its_member_unstable() -> None:
+    batch = BatchedEnv("cheetah", 3, num_threads=1)
+    batch.reset([0, 1, 2])
+    actions = np.zeros((3, 6))
+    actions[1, 0] = np.nan  # (an infinite action is clipped to the control range like any other)
+    obs, reward, terminated, _, info = batch.step(actions)
+    assert info["physics_unstable"].tolist() == [False, True, False]
+    assert terminated[1] and reward[1] == 0.0 and np.isfinite(obs).all()

@@ -125,8 +125,19 @@ def test_checkpoint_of_another_robot_fails_before_training(tmp_path: Path) -> No
     result = run_script(write_config(tmp_path, init=str(path)), run)
     assert result.returncode != 0
     assert "quadruped" in result.stderr and "cheetah" in result.stderr
-    assert not (run / "checkpoints" / "latest.pt").exists()
+    assert not run.exists(), "nothing is written before the checks pass"
     del torch
+
+
+def test_normalisation_is_undefined_where_nothing_beat_the_random_policy() -> None:
+    import math
+
+    from agents.report import normalised_matrix, summary
+
+    matrix, _ = normalised_matrix([[50.0, -60.0], [40.0, -50.0]], [0.0, 10.0])
+    assert matrix[0, 0] == 1.0 and matrix[1, 0] == 0.8
+    assert math.isnan(matrix[0, 1]) and math.isnan(matrix[1, 1])
+    assert math.isnan(summary(matrix)["average_performance"])
 
 
 def test_schedules_choose_stages() -> None:

@@ -172,3 +172,31 @@ def test_a_flipped_quadruped_is_unhealthy() -> None:
     env.reset(seed=0)
     _, _, terminated, _, info = env.step(np.zeros(8))
     assert not terminated and info["reward_healthy"] == 1.0
+
+
+def test_backward_tasks_have_room_to_run() -> None:
+    env = make("cheetah", task=Task(goal=Goal(direction=np.pi)))
+    env.reset(seed=0)
+    env.unwrapped.data.qpos[0] = -30.0
+    _, _, _, truncated, _ = env.step(np.zeros(6))
+    assert not truncated
+
+
+def test_a_non_finite_action_ends_the_episode_as_unstable() -> None:
+    env = make("cheetah")
+    env.reset(seed=0)
+    action = np.zeros(6)
+    action[2] = np.nan
+    obs, reward, terminated, _, info = env.step(action)
+    assert info["physics_unstable"] and terminated and reward == 0.0 and np.isfinite(obs).all()
+
+
+def test_a_rejected_task_changes_nothing() -> None:
+    env = make("cheetah", task=Task(Terrain("stairs_up", 1.0, 0)))
+    env.reset(seed=0)
+    before = (env.unwrapped.model.geom_contype.copy(), env.unwrapped.model.hfield_data.copy(), env.unwrapped.task)
+    with pytest.raises(ValueError, match="disabled_actuators"):
+        env.unwrapped.set_task(Task(physics=Physics(disabled_actuators=(6,))))
+    assert np.array_equal(before[0], env.unwrapped.model.geom_contype)
+    assert np.array_equal(before[1], env.unwrapped.model.hfield_data)
+    assert env.unwrapped.task == before[2]

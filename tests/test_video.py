@@ -22,12 +22,15 @@ def test_render_rollout_before_and_after_adaptation(tmp_path: Path) -> None:
     out = tmp_path / "rollout.mp4"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts/render_rollout.py"), "--checkpoint", str(checkpoint), "--terrains",
-         "flat:0", "stairs_up:0.5", "--adapt-steps", "1", "--adapt-episodes", "2", "--steps", "15", "--out", str(out)],
+         "flat:0", "stairs_up:0.5", "--adapt-steps", "1", "--adapt-episodes", "2", "--inner-lr", "2.0",
+         "--steps", "15", "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     video = iio.imread(out)
     assert video.shape == (15, 2 * 240, 2 * 320, 3), "2 terrains x (before, after), 15 frames of 320x240"
     assert video[:, :240].std() > 5.0
+    top, bottom = video[:, :240].astype(int), video[:, 240:].astype(int)
+    assert np.abs(top - bottom).mean() > 1.0, "the bottom row shows the adapted policy, not the loaded one"
 
 
 def test_render_rollout_rejects_bad_input(tmp_path: Path) -> None:
