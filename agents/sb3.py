@@ -40,11 +40,11 @@ from torch import nn
 from torch.distributions import Independent, Normal
 from torch.func import functional_call
 
-from agents.ewc import (
+from agents.ewc import Regularizer
+from agents.fisher import (
     FISHER_METHODS,
     Params,
     PolicyFn,
-    Regularizer,
     ValueFn,
     add_fishers,
     estimate_fisher,
@@ -157,7 +157,7 @@ def sb3_fisher(
     Args:
         sb3_policy: an `ActorCriticPolicy` with a diagonal Gaussian action distribution.
         obs: states of the task just learned, `[..., obs_dim]`.
-        method: "analytic" (exact Gaussian Fisher) or "sampled" (Monte-Carlo), see `agents.ewc`.
+        method: "analytic" (exact Gaussian Fisher) or "sampled" (Monte-Carlo), see `agents.fisher`.
         include_critic: also add the critic's Fisher (`value_fisher`, likelihood N(V(s), value_noise_std²)).
         value_noise_std: standard deviation of the critic's Gaussian likelihood.
         **fisher_kwargs: passed to the actor's estimator (`batch_size`, `num_samples`, `generator`, `mask`).
@@ -324,7 +324,7 @@ class EWCPPO(PPO):
         Args:
             source: where the states come from (rollout buffer, observations or env; see `task_states`).
             n_states: number of states to estimate the Fisher on.
-            method: "analytic" or "sampled" Fisher of the actor (see `agents.ewc`).
+            method: "analytic" or "sampled" Fisher of the actor (see `agents.fisher`).
             include_critic: also anchor the critic, weighted by its `value_fisher`.
             value_noise_std: standard deviation of the critic's Gaussian likelihood.
             seed: env reset seed when `source` is an env.

@@ -15,7 +15,8 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from agents.ewc import EWC, L2Regularizer, analytic_fisher
+from agents.ewc import EWC, L2Regularizer
+from agents.fisher import analytic_fisher
 from agents.policy import GaussianMLPPolicy
 from agents.sb3 import (
     EWCPPO,
