@@ -68,7 +68,7 @@ def plot_curves(curves: Sequence[Sequence[Sequence[float]]], labels: Sequence[st
             offset += steps[-1]
         ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("mean training episode return")
+    ax.set_ylabel("training return (stochastic policy)")
     ax.set_title("Learning curve per stage")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -136,6 +136,7 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
               plot_matrix(matrix_norm, labels, plots / "performance_matrix.png"),
               plot_forgetting(matrix_norm, labels, plots / "forgetting.png")]
     reg = config["regularizer"]
+    ladder = config["schedule"] == "ladder"
     lines = [
         f"# Curriculum report: {run.name}", "",
         f"Robot `{config['robot']}`, initial policy `{config['init']}`, schedule `{config['schedule']}`, "
@@ -143,13 +144,16 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
         f"stage after {config['adapt_steps']} adaptation step(s), horizon {config['horizon']}, seed {config['seed']}.",
         "",
         "## Stages", "",
-        "| stage | task | return before adapt | after adapt | after training | distance (m) | success |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "Returns are of the deterministic (mean-action) policy over the evaluation episodes; distance is "
+        "metres covered along the goal's heading" + (", success the ladder's criterion." if ladder else "."), "",
+        "| stage | task | return before adapt | after adapt | after training | distance (m) |"
+        + (" success |" if ladder else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---|" if ladder else ""),
     ]
     for record in history:
         lines.append(f"| {record['stage']} | {record['label']} | {record['return_before_adapt']:.1f} | "
                      f"{record['return_after_adapt']:.1f} | {record['return_after_training']:.1f} | "
-                     f"{record['distance']:.2f} | {'yes' if record['success'] else 'no'} |")
+                     f"{record['distance']:.2f} |" + (f" {'yes' if record['success'] else 'no'} |" if ladder else ""))
     lines += ["", "## Performance matrix (raw returns; row i = after stage i)", "",
               matrix_to_markdown(matrix, labels, precision=1), "",
               f"Normalised ({note}):", "", _markdown_with_nan(matrix_norm, labels), "",

@@ -41,7 +41,7 @@ def main() -> None:
         seen = list(dict.fromkeys(stage.label for stage in stages))
         unique = [next(s for s in stages if s.label == label) for label in seen]
         tasks = [stage.task() for stage in unique + list(config.evaluation.held_out)]
-        labels = seen + [f"held-out {stage.label}" for stage in config.evaluation.held_out]
+        labels = seen + [f"held-out: {stage.label}" for stage in config.evaluation.held_out]
         path, _ = render_policy(curriculum.policy, config.robot, tasks, run.videos / "final_policy.mp4",
                                 steps=config.video_steps, labels=labels, height_scan=config.height_scan,
                                 columns=min(3, len(tasks)))
