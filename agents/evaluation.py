@@ -11,9 +11,8 @@ Common random numbers: the sampling seed of a step depends only on (seed, step),
 not depend on which other methods are compared with it.
 
 Confidence intervals are over seeds: each seed contributes the mean over tasks (or, per task, the
-task's mean over episodes), and the interval is the Student-t interval
-`mean +- t_{(1 + confidence) / 2, n - 1} * s / sqrt(n)` with the sample standard deviation `s`
-(n - 1 in the denominator). With a single seed the interval is undefined (NaN).
+task's mean over episodes), and the interval is the Student-t interval of `agents.stats`. With a
+single seed the interval is undefined (NaN).
 """
 
 from __future__ import annotations
@@ -35,76 +34,8 @@ from agents.atomic import PathLike, atomic_write_bytes, atomic_write_text
 from agents.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.sampler import Sampler
+from agents.stats import mean_confidence_interval
 from envs.tasks import Goal, Task, Terrain
-
-# ----------------------------------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------------------------------
-
-
-def student_t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with integer `df` >= 1 (exact finite series, Abramowitz & Stegun 26.7.3-4)."""
-    if isinstance(df, bool) or not isinstance(df, int | np.integer) or df < 1:
-        raise ValueError(f"df must be an integer >= 1, got {df!r}")
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    theta = math.atan(abs(t) / math.sqrt(df))
-    sin, cos = math.sin(theta), math.cos(theta)
-    if df % 2 == 1:
-        series, term = 0.0, cos
-        for k in range(1, (df - 1) // 2 + 1):
-            series += term
-            term *= cos * cos * (2 * k) / (2 * k + 1)
-        central = 2.0 / math.pi * (theta + sin * series)
-    else:
-        series, term = 0.0, 1.0
-        for k in range(1, df // 2 + 1):
-            series += term
-            term *= cos * cos * (2 * k - 1) / (2 * k)
-        central = sin * series
-    # `central` is P(|T| <= |t|).
-    return 0.5 + 0.5 * math.copysign(central, t)
-
-
-def student_t_ppf(q: float, df: int) -> float:
-    """The `q`-quantile of Student's t with integer `df` >= 1 (bisection on `student_t_cdf`)."""
-    if not 0 < q < 1:
-        raise ValueError(f"q must be in (0, 1), got {q!r}")
-    if q < 0.5:
-        return -student_t_ppf(1.0 - q, df)
-    low, high = 0.0, 1.0
-    while student_t_cdf(high, df) < q:
-        low, high = high, 2.0 * high
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if student_t_cdf(mid, df) < q:
-            low = mid
-        else:
-            high = mid
-        if high - low <= 1e-12 * max(1.0, high):
-            break
-    return 0.5 * (low + high)
-
-
-def mean_confidence_interval(samples: Sequence[float] | np.ndarray, confidence: float = 0.95
-                             ) -> tuple[float, float, float]:
-    """(mean, low, high): the Student-t confidence interval of the mean; NaN bounds for one sample.
-
-    Args:
-        samples: independent observations (e.g. one per seed).
-        confidence: coverage of the two-sided interval, in (0, 1).
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    x = np.asarray(samples, dtype=np.float64).reshape(-1)
-    if x.size == 0:
-        raise ValueError("samples must not be empty")
-    mean = float(x.mean())
-    if x.size == 1:
-        return mean, math.nan, math.nan
-    half = student_t_ppf(0.5 + confidence / 2.0, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return mean, mean - half, mean + half
-
 
 # ----------------------------------------------------------------------------------------------
 # Configuration and inputs

@@ -19,14 +19,13 @@ from agents.evaluation import (
     compare,
     evaluate_adaptation,
     markdown_table,
-    mean_confidence_interval,
     parse_terrain_tasks,
     random_init,
     step_seed,
-    student_t_ppf,
     write_all,
 )
 from agents.sampler import Sampler
+from agents.stats import mean_confidence_interval, student_t_ppf
 from envs.tasks import TaskDistribution
 
 ROOT = Path(__file__).resolve().parent.parent
