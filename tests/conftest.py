@@ -1,5 +1,18 @@
-"""Shared fixtures: headless rendering and small helpers for every test file."""
+"""Shared test setup: headless rendering, and one torch thread for every test."""
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> Iterator[None]:
+    # Tiny MLPs: torch's thread pool only adds synchronisation, which is very slow on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,12 +6,10 @@ import csv
 import importlib.util
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import (
@@ -32,15 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 OBS_DIM, ACT_DIM = 17, 6  # the cheetah's spaces without the height scan
 TASKS = TaskDistribution("cheetah_velocity", 0).sample(2, split="test")
 CONFIG = AdaptationConfig(steps=2, inner_lr=0.5, episodes_per_task=2, horizon=30, seeds=(0, 1), num_threads=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # Tiny MLPs: torch's thread pool only adds synchronisation, which is very slow on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

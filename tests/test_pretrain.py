@@ -23,15 +23,6 @@ TINY = dict(family="cheetah_velocity", tasks_per_iteration=3, episodes_per_task=
             num_threads=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # Tiny MLPs: torch's thread pool only adds synchronisation, which is very slow on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sampler() -> Iterator[Sampler]:
     sampler = Sampler("cheetah", TINY["horizon"], num_threads=1)
