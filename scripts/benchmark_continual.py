@@ -40,10 +40,14 @@ def base_config(steps: int, seed: int) -> dict:
             "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
 
 
-def run(name: str, config: dict, out: Path) -> dict:
-    """Run one curriculum into out/name (moving any old run aside); its final state as a dict."""
+def run(name: str, config: dict, out: Path, reuse: bool) -> dict:
+    """Run one curriculum into out/name; its final state as a dict.
+
+    With `reuse`, a run of the same config is resumed (a finished one just read back); otherwise
+    any old run is moved aside and the curriculum starts afresh.
+    """
     cfg = config_from_dict(CurriculumConfig, config)
-    run_dir = prepare_run_dir(out / name, resume=False, force=True, config=config)
+    run_dir = prepare_run_dir(out / name, resume=reuse, force=not reuse, config=config)
     print(f"== {name}", flush=True)
     return Curriculum(cfg, run_dir, progress=False).run_all().to_dict()
 
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("--ewc-lambda", type=float, nargs="+", default=[1000.0], help="EWC strengths to run")
     parser.add_argument("--l2-lambda", type=float, nargs="+", default=[10.0], help="L2 strengths to run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
+    parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
     args = parser.parse_args()
 
     base = base_config(args.steps, args.seed)
@@ -72,8 +77,8 @@ def main() -> None:
     methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
     methods |= {f"ewc_{lam:g}": {"kind": "ewc", "strength": lam} for lam in args.ewc_lambda}
     references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
-                      args.out) for stage in STAGES]
-    states = {name: run(name, {**base, "regularizer": reg}, args.out) for name, reg in methods.items()}
+                      args.out, args.reuse) for stage in STAGES]
+    states = {name: run(name, {**base, "regularizer": reg}, args.out, args.reuse) for name, reg in methods.items()}
 
     low = np.asarray(states["finetune"]["random_returns"])
     high = np.array([ref["matrix"][0][0] for ref in references])
