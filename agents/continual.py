@@ -83,7 +83,7 @@ def check_curriculum(config: CurriculumConfig) -> None:
     """
     from envs.locomotion import LocomotionEnv
 
-    probe = LocomotionEnv(config.robot, height_scan=config.height_scan)
+    probe = LocomotionEnv(config.robot, height_scan=config.height_scan, goal_in_obs=config.goal_in_obs)
     named = [(f"stages[{i}]", s) for i, s in enumerate(config.stages)]
     named += [(f"evaluation.held_out[{i}]", s) for i, s in enumerate(config.evaluation.held_out)]
     for where, stage in named:
@@ -116,7 +116,8 @@ class Curriculum:
         self.env_id = ENV_IDS[config.robot]
         self.pool_tasks = [stage.task() for stage in config.stages]
         self.held_out_tasks = [stage.task() for stage in config.evaluation.held_out]
-        self.sampler = Sampler(config.robot, config.horizon, height_scan=config.height_scan)
+        self.sampler = Sampler(config.robot, config.horizon, height_scan=config.height_scan,
+                               goal_in_obs=config.goal_in_obs)
         self.policy = self._initial_policy()
         self.model = self._make_model()
         self.schedule = Schedule(config)
@@ -137,7 +138,7 @@ class Curriculum:
     def _make_env(self, task: Task, seed: int = 0) -> VecEnv:
         cfg = self.config
         return make_vec_env(self.env_id, n_envs=cfg.ppo.n_envs, seed=cfg.seed + seed,
-                            env_kwargs={"task": task, "height_scan": cfg.height_scan,
+                            env_kwargs={"task": task, "height_scan": cfg.height_scan, "goal_in_obs": cfg.goal_in_obs,
                                         "max_episode_steps": cfg.horizon})
 
     def _make_model(self) -> EWCPPO:

@@ -99,7 +99,8 @@ class CurriculumConfig:
     robot: str = "cheetah"
     init: str = "scratch"  # "scratch" or the path of a MAML checkpoint
     hidden_sizes: tuple[int, ...] = (64, 64)  # policy widths when starting from scratch
-    height_scan: bool = False
+    height_scan: bool = False  # the policy sees the terrain ahead
+    goal_in_obs: bool = False  # the policy sees the goal (needed to hold skills whose goals conflict)
     horizon: int = 200  # steps per episode, in training and evaluation
     schedule: Literal["fixed", "ladder", "adaptive"] = "fixed"
     stages: list[StageConfig] = field(default_factory=list)

@@ -35,6 +35,7 @@ def render_policy(
     params: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     labels: Sequence[str] | None = None,
     height_scan: bool = False,
+    goal_in_obs: bool = False,
     columns: int | None = None,
     size: tuple[int, int] = (320, 240),
     seed: int = 0,
@@ -50,7 +51,8 @@ def render_policy(
     videos, totals = [], []
     fps = 20
     for index, task in enumerate(tasks):
-        env = gym.make(ENV_IDS[robot], task=task, height_scan=height_scan, render_mode="rgb_array",
+        env = gym.make(ENV_IDS[robot], task=task, height_scan=height_scan, goal_in_obs=goal_in_obs,
+                       render_mode="rgb_array",
                        width=size[0], height=size[1])
         act = policy_actor(policy, None if params is None else params[index])
         frames, total = record_episode(env, act, steps, seed=seed, label=labels[index])

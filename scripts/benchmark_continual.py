@@ -35,7 +35,10 @@ CURVE_POINTS = 11
 
 def base_config(steps: int, seed: int) -> dict:
     """The curriculum every method runs (only the regulariser differs)."""
+    # The goal is in the observation: without it, one policy cannot tell "run forward" from "run
+    # backward" and no method could keep both (a first run without it showed exactly that).
     return {"robot": "cheetah", "init": "scratch", "hidden_sizes": [64, 64], "horizon": 200, "schedule": "fixed",
+            "goal_in_obs": True,
             "stages": STAGES, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
             "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
 
@@ -88,7 +91,7 @@ def main() -> None:
                "reference_returns": high.tolist(), "methods": {}}
     lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
              f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, seed {args.seed}, "
-             "5 deterministic evaluation episodes per task.", "",
+             "goal in the observation, 5 deterministic evaluation episodes per task.", "",
              "Normalised per task: 0 = random-init return, 1 = from-scratch reference after the same budget "
              f"(random {np.round(low, 1).tolist()}, reference {np.round(high, 1).tolist()}).", "",
              "| method | average performance | average forgetting | backward transfer | forward transfer |",
