@@ -24,22 +24,31 @@ from agents.curriculum import CurriculumConfig
 from agents.metrics import matrix_to_markdown, normalize, summarize
 from agents.rundir import prepare_run_dir
 
-#: Three conflicting skills: run forward, run backward, run forward on rough ground with weak motors.
-STAGES = [
-    {"terrain": "flat", "name": "forward"},
-    {"terrain": "flat", "direction": 3.141592653589793, "name": "backward"},
-    {"terrain": "rough", "difficulty": 0.4, "seed": 3, "physics": {"motor_strength": 0.7}, "name": "rough-weak"},
-]
+#: Sequences of conflicting skills. "reverse": run forward, run backward, run forward on rough ground
+#: with weak motors (the third stage retrains the first skill). "still": run forward, run backward,
+#: then stand still (target speed 0), so no later stage retrains an earlier skill.
+SEQUENCES = {
+    "reverse": [
+        {"terrain": "flat", "name": "forward"},
+        {"terrain": "flat", "direction": 3.141592653589793, "name": "backward"},
+        {"terrain": "rough", "difficulty": 0.4, "seed": 3, "physics": {"motor_strength": 0.7}, "name": "rough-weak"},
+    ],
+    "still": [
+        {"terrain": "flat", "name": "forward"},
+        {"terrain": "flat", "direction": 3.141592653589793, "name": "backward"},
+        {"terrain": "flat", "target_velocity": 0.0, "name": "still"},
+    ],
+}
 CURVE_POINTS = 11
 
 
-def base_config(steps: int, seed: int) -> dict:
+def base_config(steps: int, seed: int, stages: list[dict]) -> dict:
     """The curriculum every method runs (only the regulariser differs)."""
     # The goal is in the observation: without it, one policy cannot tell "run forward" from "run
     # backward" and no method could keep both (a first run without it showed exactly that).
     return {"robot": "cheetah", "init": "scratch", "hidden_sizes": [64, 64], "horizon": 200, "schedule": "fixed",
             "goal_in_obs": True,
-            "stages": STAGES, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
+            "stages": stages, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
             "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
 
 
@@ -72,21 +81,23 @@ def main() -> None:
     parser.add_argument("--ewc-lambda", type=float, nargs="+", default=[1000.0], help="EWC strengths to run")
     parser.add_argument("--l2-lambda", type=float, nargs="+", default=[10.0], help="L2 strengths to run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
+    parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="reverse", help="which skills, in order")
     parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
     args = parser.parse_args()
 
-    base = base_config(args.steps, args.seed)
+    stages = SEQUENCES[args.sequence]
+    base = base_config(args.steps, args.seed, stages)
     methods = {"finetune": {"kind": "none"}}
     methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
     methods |= {f"ewc_{lam:g}": {"kind": "ewc", "strength": lam} for lam in args.ewc_lambda}
     references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
-                      args.out, args.reuse) for stage in STAGES]
+                      args.out, args.reuse) for stage in stages]
     states = {name: run(name, {**base, "regularizer": reg}, args.out, args.reuse) for name, reg in methods.items()}
 
     low = np.asarray(states["finetune"]["random_returns"])
     high = np.array([ref["matrix"][0][0] for ref in references])
     ref_curves = [curve_on_grid(ref["curves"][0], args.steps, low[j], high[j]) for j, ref in enumerate(references)]
-    labels = [stage["name"] for stage in STAGES]
+    labels = [stage["name"] for stage in stages]
     results = {"steps_per_stage": args.steps, "seed": args.seed, "random_returns": low.tolist(),
                "reference_returns": high.tolist(), "methods": {}}
     lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
