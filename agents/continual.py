@@ -184,7 +184,7 @@ class Curriculum:
         if self.model.regularizer is not None:
             self.model.consolidate(None, n_states=cfg.regularizer.fisher_states)
         row, distance = self._evaluate_matrix_row(stage, pool_index)
-        held_out = self._evaluate(self.held_out_tasks, stage)[0] if self.held_out_tasks else []
+        held_out = self._evaluate(self.held_out_tasks)[0] if self.held_out_tasks else []
         if cfg.schedule == "ladder":
             success = distance >= cfg.evaluation.success_distance
         self.state.matrix.append(row)
@@ -262,7 +262,7 @@ class Curriculum:
                              tb_log_name=f"stage_{stage}", progress_bar=False)
             if cfg.schedule == "ladder":
                 probe = sb3_to_policy(self.model.policy, self.policy.min_log_std)
-                _, distance = self._evaluate([task], stage, probe)
+                _, distance = self._evaluate([task], probe)
                 if distance[0] >= cfg.evaluation.success_distance:
                     success = True
                     break
@@ -271,8 +271,7 @@ class Curriculum:
 
     # --- evaluation -------------------------------------------------------------------------
 
-    def _evaluate(self, tasks: list[Task], stage: int, policy: GaussianMLPPolicy | None = None
-                  ) -> tuple[list[float], list[float]]:
+    def _evaluate(self, tasks: list[Task], policy: GaussianMLPPolicy | None = None) -> tuple[list[float], list[float]]:
         """Mean deterministic return and distance of `policy` (default: current) on each task."""
         if not tasks:
             return [], []
@@ -286,15 +285,15 @@ class Curriculum:
         """Returns of a randomly initialised policy (the 0 of the normalisation)."""
         torch.manual_seed(self.config.seed + 12345)
         random_policy = GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, self.policy.hidden_sizes)
-        return (self._evaluate(self.pool_tasks, -1, random_policy)[0],
-                self._evaluate(self.held_out_tasks, -1, random_policy)[0])
+        return (self._evaluate(self.pool_tasks, random_policy)[0],
+                self._evaluate(self.held_out_tasks, random_policy)[0])
 
     def _evaluate_matrix_row(self, stage: int, pool_index: int) -> tuple[list[float], float]:
         """Row `stage` of R: the tasks of stages so far (and, for a fixed schedule, the ones to come)."""
         cfg = self.config
         seen = [record["pool_index"] for record in self.state.history] + [pool_index]
         future = list(range(len(seen), len(self.pool_tasks))) if cfg.schedule == "fixed" else []
-        returns, distances = self._evaluate([self.pool_tasks[i] for i in seen + future], stage)
+        returns, distances = self._evaluate([self.pool_tasks[i] for i in seen + future])
         n_columns = self.schedule.total_stages()
         row = [math.nan] * n_columns
         for column, value in enumerate(returns):

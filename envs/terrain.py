@@ -85,11 +85,9 @@ class TerrainGrid:
 
     def course_mask(self) -> np.ndarray:
         """Boolean [nrow, ncol]: True outside the spawn area (where terrain features lie)."""
-        xx, yy = np.meshgrid(self.x, self.y)
-        inside = (np.abs(xx) <= self.spawn_radius) & (np.abs(yy) <= self.spawn_radius)
-        if self.planar:
-            inside = np.broadcast_to(np.abs(self.x) <= self.spawn_radius, (self.nrow, self.ncol))
-        return ~inside
+        inside_x = np.abs(self.x)[None, :] <= self.spawn_radius
+        inside_y = np.ones((self.nrow, 1), bool) if self.planar else np.abs(self.y)[:, None] <= self.spawn_radius
+        return ~(inside_x & inside_y)
 
 
 Generator = Callable[[np.random.Generator, float, TerrainGrid], np.ndarray]

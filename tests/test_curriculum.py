@@ -181,3 +181,18 @@ def test_a_new_stage_gets_a_fresh_critic_and_keeps_the_actor(tmp_path: Path) -> 
     assert critic and actor
     assert all(not torch.equal(before[n], after[n]) for n in critic if n.endswith("weight"))
     assert all(torch.equal(before[n], after[n]) for n in actor)
+
+
+def test_a_ladder_promotes_on_success_and_stops_after_retries(tmp_path: Path) -> None:
+    easy = {**TINY, "video": False, "schedule": "ladder", "max_retries": 1,
+            "evaluation": {"episodes": 1, "success_distance": -100.0, "eval_every": 64}}
+    run = prepare_run_dir(tmp_path / "easy", resume=False, force=False, config=easy)
+    state = Curriculum(config_from_dict(CurriculumConfig, easy), run, progress=False).run_all()
+    assert [r["label"] for r in state.history] == ["flat@0", "rough@0.5"], "every rung passed: promoted each time"
+    assert all(r["success"] for r in state.history)
+    assert all(r["train_steps"] <= 64 for r in state.history), "a passed rung stops before its budget"
+
+    hard = {**easy, "evaluation": {**easy["evaluation"], "success_distance": 100.0}}
+    run = prepare_run_dir(tmp_path / "hard", resume=False, force=False, config=hard)
+    state = Curriculum(config_from_dict(CurriculumConfig, hard), run, progress=False).run_all()
+    assert [r["label"] for r in state.history] == ["flat@0", "flat@0"], "a missed rung is retried once, then stop"
