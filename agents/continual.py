@@ -145,7 +145,8 @@ class Curriculum:
         cfg = self.config
         reg = cfg.regularizer
         regularizer = None if reg.kind == "none" else make_regularizer(reg.kind, strength=reg.strength,
-                                                                        mode=reg.mode, gamma=reg.gamma)
+                                                                        mode=reg.mode, gamma=reg.gamma,
+                                                                        normalize=reg.normalize)
         model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
                        policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
                        tensorboard_log=str(self.run.tb),

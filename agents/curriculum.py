@@ -80,6 +80,7 @@ class RegularizerConfig:
     mode: Literal["online", "separate"] = "online"
     gamma: float = 1.0  # online decay of older Fishers
     fisher_states: int = 2048  # states used to estimate each Fisher
+    normalize: Literal["max", "mean"] | None = None  # rescale each new Fisher (max or mean entry = 1)
 
 
 @dataclass

@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ewc-lambda", type=float, nargs="+", default=[1000.0], help="EWC strengths to run")
+    parser.add_argument("--ewc-normalize", choices=["max", "mean"], default=None,
+                        help="rescale each Fisher so its max (or mean) entry is 1")
     parser.add_argument("--l2-lambda", type=float, nargs="+", default=[10.0], help="L2 strengths to run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="reverse", help="which skills, in order")
@@ -90,7 +92,9 @@ def main() -> None:
     base = base_config(args.steps, args.seed, stages)
     methods = {"finetune": {"kind": "none"}}
     methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
-    methods |= {f"ewc_{lam:g}": {"kind": "ewc", "strength": lam} for lam in args.ewc_lambda}
+    suffix = f"_{args.ewc_normalize}" if args.ewc_normalize else ""
+    methods |= {f"ewc_{lam:g}{suffix}": {"kind": "ewc", "strength": lam, "normalize": args.ewc_normalize}
+                for lam in args.ewc_lambda}
     references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
                       args.out, args.reuse) for stage in stages]
     low = np.array([ref["random_returns"][0] for ref in references])
