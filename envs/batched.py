@@ -54,7 +54,6 @@ class BatchedEnv:
         self.qvel = np.zeros((num_envs, nv))
         self._stable = np.ones(num_envs, dtype=bool)
         self._active = np.ones(num_envs, dtype=bool)
-        self._finite_actions = np.ones(num_envs, dtype=bool)
         self._actions = np.zeros((num_envs, first.model.nu))
         self.set_tasks([first.task] * num_envs)
 
@@ -71,7 +70,8 @@ class BatchedEnv:
             env.set_task(task)
         goals = [goal_arrays(t.goal.target_velocity, t.goal.direction) for t in tasks]
         self.heading = np.stack([g[0] for g in goals])
-        self._target = np.array([g[1] for g in goals])
+        targets = np.array([g[1] for g in goals])
+        self._target = None if np.isnan(targets).all() else targets  # None: every member rewards progress
         self._goal_obs = np.stack([g[2] for g in goals])
         flat = all(not env.heights.any() for env in self.envs)
         self._heights = None if flat else np.stack([env.heights for env in self.envs])
@@ -102,7 +102,6 @@ class BatchedEnv:
         self._active[:] = True if active is None else active
         self._actions[:] = clip_action(np.asarray(actions, dtype=np.float64), self.envs[0].ctrl_low,
                                        self.envs[0].ctrl_high)
-        self._finite_actions = np.isfinite(self._actions).all(axis=1)
         xy_before = self.qpos[:, : self.readout.root].copy()
         if self._pool is None:
             self._simulate(self._chunks[0])
@@ -134,9 +133,6 @@ class BatchedEnv:
             if not active[i]:
                 continue
             env = self.envs[i]
-            if not self._finite_actions[i]:
-                self._stable[i] = False  # as the single env: a non-finite action ends the episode unstepped
-                continue
             env.data.ctrl[:] = actions[i]
             self._stable[i] = simulate(env.model, env.data, frame_skip, env.warning_counts)
             self.qpos[i] = env.data.qpos

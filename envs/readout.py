@@ -14,7 +14,11 @@ import numpy as np
 from envs.robots import RobotSpec
 from envs.terrain import heights_at
 
-GOAL_DIM = 4  # target velocity, tracking flag, cos(direction), sin(direction)
+#: Target velocity, tracking flag, then the heading split into its four half-axes
+#: (max(cos, 0), max(-cos, 0), max(sin, 0), max(-sin, 0)): goals in opposite directions light up
+#: different inputs, so a network can serve a new direction through weights the old one left
+#: unused, which is what lets EWC keep the old direction (its Fisher is zero on those weights).
+GOAL_DIM = 6
 
 
 @dataclass
@@ -33,10 +37,12 @@ class StepReadout:
 
 
 def goal_arrays(target_velocity: float | None, direction: float) -> tuple[np.ndarray, float, np.ndarray]:
-    """(heading [2], target (NaN = reward progress), goal observation [4]) of one task's goal."""
+    """(heading [2], target (NaN = reward progress), goal observation [GOAL_DIM]) of one task's goal."""
     heading = np.array([np.cos(direction), np.sin(direction)])
     target = np.nan if target_velocity is None else float(target_velocity)
-    goal_obs = np.array([target_velocity or 0.0, float(target_velocity is not None), heading[0], heading[1]])
+    half_axes = np.maximum(np.array([heading[0], -heading[0], heading[1], -heading[1]]), 0.0)
+    half_axes[half_axes < 1e-12] = 0.0  # cos/sin of pi are not exactly 0
+    goal_obs = np.array([target_velocity or 0.0, float(target_velocity is not None), *half_axes])
     return heading, target, goal_obs
 
 
@@ -100,11 +106,14 @@ class Readout:
     def observe(self, qpos: np.ndarray, qvel: np.ndarray, heights: np.ndarray | None, goal_obs: np.ndarray,
                 ground: np.ndarray | None = None) -> np.ndarray:
         """Observations [B, obs_dim]: height above ground, the rest of qpos, clipped qvel, extras."""
-        if ground is None:
-            ground = self.ground_under(heights, qpos)
         clip = self.robot.velocity_clip
-        parts = [(qpos[:, self.root] - ground)[:, None], qpos[:, self.root + 1:],
-                 np.minimum(np.maximum(qvel, -clip), clip)]
+        if heights is None:  # flat ground at height 0: qpos from the root height on is the obs
+            parts = [qpos[:, self.root:]]
+        else:
+            if ground is None:
+                ground = self.ground_under(heights, qpos)
+            parts = [(qpos[:, self.root] - ground)[:, None], qpos[:, self.root + 1:]]
+        parts.append(np.minimum(np.maximum(qvel, -clip), clip))
         if self.height_scan:
             parts.append(self._scan(heights, qpos))
         if self.goal_in_obs:
@@ -118,12 +127,12 @@ class Readout:
         qx, qy = qpos[:, 4], qpos[:, 5]
         return np.arccos(np.clip(1.0 - 2.0 * (qx * qx + qy * qy), -1.0, 1.0))
 
-    def healthy(self, qpos: np.ndarray, ground: np.ndarray) -> np.ndarray:
-        """Bool [B]: torso height above the ground and tilt within the robot's limits."""
+    def healthy(self, qpos: np.ndarray, ground: np.ndarray | None) -> np.ndarray | None:
+        """Bool [B]: torso height above the ground and tilt within limits; None: no health rule."""
         robot = self.robot
         if robot.healthy_z is None:
-            return np.ones(qpos.shape[0], dtype=bool)
-        z = qpos[:, self.root] - ground
+            return None
+        z = qpos[:, self.root] if ground is None else qpos[:, self.root] - ground
         ok = (robot.healthy_z[0] <= z) & (z <= robot.healthy_z[1])
         if robot.max_tilt is not None:
             ok &= self.tilt(qpos) <= robot.max_tilt
@@ -133,15 +142,18 @@ class Readout:
         """Bool [B]: the torso is within 2 m of the heightfield's edge (parts would hang over it)."""
         grid, margin = self.robot.grid, 2.0
         x = qpos[:, 0]
-        inside = (grid.x_start + margin <= x) & (x <= grid.x_end - margin)
+        outside = (x < grid.x_start + margin) | (x > grid.x_end - margin)
         if not self.robot.planar:
-            inside &= np.abs(qpos[:, 1]) <= grid.half_width - margin
-        return ~inside
+            outside |= np.abs(qpos[:, 1]) > grid.half_width - margin
+        return outside
 
     def step(self, xy_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
-             heights: np.ndarray | None, heading: np.ndarray, target: np.ndarray,
+             heights: np.ndarray | None, heading: np.ndarray, target: np.ndarray | None,
              goal_obs: np.ndarray) -> StepReadout:
         """Everything one env step reports, for a batch.
+
+        Written with as few numpy calls as the case needs: a single env calls this with a batch
+        of one every step, where each call, not each element, is the cost.
 
         Args:
             xy_before: root x (and y) before the step, [B, 1 or 2].
@@ -150,18 +162,27 @@ class Readout:
             action: the (clipped) actions applied, [B, nu].
             heights: each robot's terrain [B, nrow, ncol], or None for flat ground.
             heading: unit "forward" direction of each goal, [B, 2].
-            target: target velocity of each goal, NaN to reward progress, [B].
-            goal_obs: goal observations, [B, 4].
+            target: target velocity of each goal, NaN to reward progress, [B]; None: all progress.
+            goal_obs: goal observations, [B, GOAL_DIM].
         """
-        root = self.root
-        velocity = (qpos[:, :root] - xy_before) / self.dt
-        forward_velocity = (velocity * heading[:, :root]).sum(axis=1)
-        reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
-        reward_ctrl = -self.robot.ctrl_cost_weight * (action * action).sum(axis=1)
-        ground = self.ground_under(heights, qpos)
+        robot = self.robot
+        if self.root == 1:
+            forward_velocity = (qpos[:, 0] - xy_before[:, 0]) / self.dt * heading[:, 0]
+        else:
+            forward_velocity = ((qpos[:, :2] - xy_before) / self.dt * heading).sum(axis=1)
+        if target is None:
+            reward_forward = forward_velocity
+        else:
+            reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
+        reward_ctrl = (action * action).sum(axis=1) * -robot.ctrl_cost_weight
+        ground = None if heights is None else self.ground_under(heights, qpos)
         healthy = self.healthy(qpos, ground)
-        reward_healthy = np.where(healthy, self.robot.healthy_reward, 0.0)
-        terminated = ~healthy if self.terminate_when_unhealthy else np.zeros_like(healthy)
+        if healthy is None:
+            reward_healthy = np.full(qpos.shape[0], robot.healthy_reward)
+            terminated = np.zeros(qpos.shape[0], dtype=bool)
+        else:
+            reward_healthy = np.where(healthy, robot.healthy_reward, 0.0)
+            terminated = ~healthy if self.terminate_when_unhealthy else np.zeros_like(healthy)
         return StepReadout(
             observation=self.observe(qpos, qvel, heights, goal_obs, ground),
             reward=reward_forward + reward_ctrl + reward_healthy,
@@ -169,7 +190,7 @@ class Readout:
             reward_ctrl=reward_ctrl,
             reward_healthy=reward_healthy,
             forward_velocity=forward_velocity,
-            ground=ground,
+            ground=np.zeros(qpos.shape[0]) if ground is None else ground,
             terminated=terminated,
             truncated=self.out_of_course(qpos),
         )

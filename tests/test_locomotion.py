@@ -1,5 +1,7 @@
 """LocomotionEnv: API checks, determinism, standing on terrain, validation, physics blow-ups."""
 
+import math
+
 import gymnasium as gym
 import mujoco
 import numpy as np
@@ -9,6 +11,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from envs import ENV_IDS
 from envs.locomotion import LocomotionEnv
+from envs.readout import GOAL_DIM, goal_arrays
 from envs.tasks import Goal, Physics, Task, Terrain
 from envs.terrain import terrain_kinds
 
@@ -53,6 +56,19 @@ def test_same_seed_and_task_is_bit_for_bit_identical(robot: str) -> None:
     assert np.array_equal(first, second)
 
 
+def test_only_the_ground_the_task_needs_collides_across_switches() -> None:
+    env = make("cheetah").unwrapped
+    terrain, plane = env._hfield_geom, env._plane_geom
+    for kind, ground in [("rough", terrain), ("flat", plane), ("hills", terrain), ("flat", plane)]:
+        env.reset(seed=0, options={"task": Task(Terrain(kind, 0.8, 2))})
+        for _ in range(30):
+            env.step(np.zeros(6))
+        touched = {int(env.data.contact[i].geom[k]) for i in range(env.data.ncon) for k in range(2)}
+        assert ground in touched and ({terrain, plane} - {ground}).isdisjoint(touched), kind
+        unused = plane if ground == terrain else terrain
+        assert env.model.body_contype[env.model.geom_bodyid[unused]] == 0  # skipped by the broad phase
+
+
 @pytest.mark.parametrize("robot", ROBOTS)
 def test_spaces_keep_their_shape_across_tasks(robot: str) -> None:
     env = make(robot, height_scan=True)
@@ -81,13 +97,23 @@ def test_goal_is_hidden_by_default_and_shown_when_asked() -> None:
     slow, fast = Task(goal=Goal(target_velocity=0.5)), Task(goal=Goal(target_velocity=1.5))
     hidden = make("cheetah")
     shown = make("cheetah", goal_in_obs=True)
-    assert shown.observation_space.shape[0] == hidden.observation_space.shape[0] + 4
+    assert shown.observation_space.shape[0] == hidden.observation_space.shape[0] + GOAL_DIM
     a = hidden.reset(seed=0, options={"task": slow})[0]
     b = hidden.reset(seed=0, options={"task": fast})[0]
     assert np.array_equal(a, b), "without goal_in_obs the goal must not leak into the observation"
     a = shown.reset(seed=0, options={"task": slow})[0]
     b = shown.reset(seed=0, options={"task": fast})[0]
     assert not np.array_equal(a, b)
+
+
+def test_opposite_directions_use_different_goal_inputs() -> None:
+    forward = goal_arrays(None, 0.0)[2]
+    backward = goal_arrays(None, math.pi)[2]
+    assert forward.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert backward.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    diagonal = goal_arrays(None, 3 * math.pi / 4)[2]  # the heading is recoverable from the half-axes
+    assert diagonal[2] - diagonal[3] == pytest.approx(math.cos(3 * math.pi / 4))
+    assert diagonal[4] - diagonal[5] == pytest.approx(math.sin(3 * math.pi / 4))
 
 
 def test_reward_parts_are_in_info_and_add_up() -> None:
