@@ -10,6 +10,8 @@ Definitions (0-based indices, N tasks):
 - average performance (Continual World):  A = 1/N Σ_j R[N-1][j];  after stage i:  A_i = mean_{j<=i} R[i][j]
 - forgetting (Continual World):           F_j = R[j][j] − R[N-1][j] for j < N-1, averaged over j < N-1
   (variant "max", after Chaudhry et al. 2018: F_j = max_{j<=l<N-1} R[l][j] − R[N-1][j])
+- learning accuracy (Riemer et al. 2019): LA = 1/N Σ_j R[j][j], each task just after its own stage
+  (how well new tasks are still learned: a regulariser can forget little by learning little)
 - backward transfer (GEM):                BWT = 1/(N-1) Σ_{j<N-1} (R[N-1][j] − R[j][j])
 - forward transfer (Continual World):     FT_i = (AUC_i − AUC_i^b) / (1 − AUC_i^b) from training curves
 - forward transfer (GEM):                 FWT = 1/(N-1) Σ_{i>=1} (R[i-1][i] − b_i)
@@ -90,6 +92,12 @@ def forgetting(matrix: ArrayLike, reference: str = "end_of_training") -> np.ndar
     else:
         before = np.array([r[j : n - 1, j].max() for j in range(n - 1)])
     return before - r[-1, : n - 1]
+
+
+def learning_accuracy(matrix: ArrayLike) -> float:
+    """LA = 1/N Σ_j R[j][j]: mean performance on each task right after training on it."""
+    r = check_matrix(matrix)
+    return float(np.diag(r).mean())
 
 
 def average_forgetting(matrix: ArrayLike, reference: str = "end_of_training") -> float:
@@ -176,7 +184,8 @@ def summarize(
     """All metrics in one dict of Python floats/lists (JSON-ready apart from NaN for undefined ones).
 
     Keys: num_tasks, average_performance, average_performance_per_stage, forgetting,
-    average_forgetting, forgetting_max, average_forgetting_max, backward_transfer; plus
+    average_forgetting, forgetting_max, average_forgetting_max, backward_transfer,
+    learning_accuracy; plus
     forward_transfer and average_forward_transfer (mean over finite FT_i) when both curve lists
     are given, and forward_transfer_gem when `random_init` is given.
     """
@@ -190,6 +199,7 @@ def summarize(
         "forgetting_max": forgetting(r, "max").tolist(),
         "average_forgetting_max": average_forgetting(r, "max"),
         "backward_transfer": backward_transfer(r),
+        "learning_accuracy": learning_accuracy(r),
     }
     if (curves is None) != (reference_curves is None):
         raise ValueError("curves, reference_curves: give both or neither")

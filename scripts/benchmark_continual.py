@@ -1,12 +1,12 @@
 """Does EWC keep earlier skills? Fine-tuning vs L2 vs EWC on conflicting cheetah tasks.
 
-Runs the same fixed curriculum once per method (same seeds, same budget per stage), plus one
-from-scratch run per task as the reference, then scores every method on one normalisation:
-0 = a randomly initialised policy's return, 1 = the from-scratch reference's final return on that
-task. Writes runs/bench_continual/results.md and results.json.
+Runs the same fixed curriculum once per method and seed (same budget per stage), plus one
+from-scratch run per task and seed as the reference, then scores every method on one
+normalisation: 0 = a randomly initialised policy's return, 1 = the from-scratch reference's final
+return on that task (same seed). Writes runs/bench_continual/results.md and results.json.
 
-    python scripts/benchmark_continual.py                 # the stated budget (about 30 min on 2 cores)
-    python scripts/benchmark_continual.py --steps 4000    # a quick look
+    python scripts/benchmark_continual.py                           # the stated budget, 3 seeds
+    python scripts/benchmark_continual.py --steps 4000 --seeds 0    # a quick look
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from agents.continual import Curriculum
 from agents.curriculum import CurriculumConfig
 from agents.metrics import matrix_to_markdown, normalize, summarize
 from agents.rundir import prepare_run_dir
+from agents.stats import mean_confidence_interval
 
 #: Sequences of conflicting skills. "reverse": run forward, run backward, run forward on rough ground
 #: with weak motors (the third stage retrains the first skill). "still": run forward, run backward,
@@ -43,11 +44,11 @@ SEQUENCES = {
 CURVE_POINTS = 11
 
 
-def base_config(steps: int, seed: int, stages: list[dict]) -> dict:
+def base_config(steps: int, seed: int, stages: list[dict], hidden_sizes: list[int]) -> dict:
     """The curriculum every method runs (only the regulariser differs)."""
     # The goal is in the observation: without it, one policy cannot tell "run forward" from "run
     # backward" and no method could keep both (a first run without it showed exactly that).
-    return {"robot": "cheetah", "init": "scratch", "hidden_sizes": [64, 64], "horizon": 200, "schedule": "fixed",
+    return {"robot": "cheetah", "init": "scratch", "hidden_sizes": hidden_sizes, "horizon": 200, "schedule": "fixed",
             "goal_in_obs": True,
             "stages": stages, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
             "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
@@ -74,58 +75,86 @@ def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float)
     return normalize(np.interp(grid, x, y), low, high)
 
 
-def main() -> None:
-    """Run every method and the references; score them side by side."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ewc-lambda", type=float, nargs="+", default=[1000.0], help="EWC strengths to run")
-    parser.add_argument("--ewc-normalize", choices=["max", "mean"], default=None,
-                        help="rescale each Fisher so its max (or mean) entry is 1")
-    parser.add_argument("--l2-lambda", type=float, nargs="+", default=[10.0], help="L2 strengths to run")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
-    parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="reverse", help="which skills, in order")
-    parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
-    args = parser.parse_args()
-
-    stages = SEQUENCES[args.sequence]
-    base = base_config(args.steps, args.seed, stages)
-    methods = {"finetune": {"kind": "none"}}
-    methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
-    suffix = f"_{args.ewc_normalize}" if args.ewc_normalize else ""
-    methods |= {f"ewc_{lam:g}{suffix}": {"kind": "ewc", "strength": lam, "normalize": args.ewc_normalize}
-                for lam in args.ewc_lambda}
+def score_seed(seed: int, args: argparse.Namespace, stages: list[dict], methods: dict[str, dict]) -> dict:
+    """One seed: the from-scratch references, then every method, each scored on that seed's references."""
+    out = args.out / f"seed{seed}"
+    base = base_config(args.steps, seed, stages, args.hidden)
     references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
-                      args.out, args.reuse) for stage in stages]
+                      out, args.reuse) for stage in stages]
     low = np.array([ref["random_returns"][0] for ref in references])
     high = np.array([ref["matrix"][0][0] for ref in references])
     unlearnable = [stage["name"] for stage, lo, hi in zip(stages, low, high, strict=True) if not hi > lo]
     if unlearnable:  # checked before the methods run: their scores could not be normalised
-        raise SystemExit(f"the from-scratch reference did not beat the random init on {unlearnable} "
+        raise SystemExit(f"seed {seed}: the from-scratch reference did not beat the random init on {unlearnable} "
                          f"(reference {np.round(high, 1).tolist()}, random {np.round(low, 1).tolist()}): "
                          "the normalisation is undefined there; choose skills PPO learns within --steps")
-    states = {name: run(name, {**base, "regularizer": reg}, args.out, args.reuse) for name, reg in methods.items()}
-
     ref_curves = [curve_on_grid(ref["curves"][0], args.steps, low[j], high[j]) for j, ref in enumerate(references)]
-    labels = [stage["name"] for stage in stages]
-    results = {"steps_per_stage": args.steps, "seed": args.seed, "random_returns": low.tolist(),
-               "reference_returns": high.tolist(), "methods": {}}
-    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
-             f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, seed {args.seed}, "
-             "goal in the observation, 5 deterministic evaluation episodes per task.", "",
-             "Normalised per task: 0 = random-init return, 1 = from-scratch reference after the same budget "
-             f"(random {np.round(low, 1).tolist()}, reference {np.round(high, 1).tolist()}).", "",
-             "| method | average performance | average forgetting | backward transfer | forward transfer |",
-             "|---|---:|---:|---:|---:|"]
-    tables = []
-    for name, state in states.items():
+    scored = {"random_returns": low.tolist(), "reference_returns": high.tolist(), "methods": {}}
+    for name, regularizer in methods.items():
+        state = run(name, {**base, "regularizer": regularizer}, out, args.reuse)
         matrix = normalize(np.asarray(state["matrix"], dtype=float), low, high)
         curves = [curve_on_grid(curve, args.steps, low[j], high[j]) for j, curve in enumerate(state["curves"])]
         scores = summarize(matrix, curves=curves, reference_curves=ref_curves)
-        results["methods"][name] = {"matrix_raw": state["matrix"], "matrix": matrix.tolist(), **scores}
-        lines.append(f"| {name} | {scores['average_performance']:.3f} | {scores['average_forgetting']:.3f} | "
-                     f"{scores['backward_transfer']:.3f} | {scores['average_forward_transfer']:.3f} |")
-        tables += ["", f"### {name} (normalised performance matrix)", "", matrix_to_markdown(matrix, labels)]
+        scored["methods"][name] = {"matrix_raw": state["matrix"], "matrix": matrix.tolist(), **scores}
+    return scored
+
+
+def interval(values: list[float]) -> str:
+    """'mean ± half-width' of a 95% t-interval over seeds (just the mean for one seed)."""
+    mean, low, high = mean_confidence_interval(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {(high - low) / 2:.3f}"
+
+
+def main() -> None:
+    """Run every method and the references for every seed; score them side by side."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ewc-lambda", type=float, nargs="*", default=[1.0], help="EWC strengths to run")
+    parser.add_argument("--ewc-normalize", choices=["max", "mean"], default="max",
+                        help="rescale each Fisher so its max (or mean) entry is 1")
+    parser.add_argument("--l2-lambda", type=float, nargs="*", default=[1.0], help="L2 strengths to run")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
+    parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="reverse", help="which skills, in order")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="policy hidden layer sizes")
+    parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
+    args = parser.parse_args()
+
+    stages = SEQUENCES[args.sequence]
+    methods = {"finetune": {"kind": "none"}}
+    methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
+    methods |= {f"ewc_{lam:g}": {"kind": "ewc", "strength": lam, "normalize": args.ewc_normalize}
+                for lam in args.ewc_lambda}
+    per_seed = {seed: score_seed(seed, args, stages, methods) for seed in args.seeds}
+
+    labels = [stage["name"] for stage in stages]
+    keys = {"average performance": "average_performance", "average forgetting": "average_forgetting",
+            "learning accuracy": "learning_accuracy", "forward transfer": "average_forward_transfer"}
+    results = {"steps_per_stage": args.steps, "seeds": args.seeds, "sequence": args.sequence,
+               "hidden_sizes": args.hidden, "ewc_normalize": args.ewc_normalize,
+               "per_seed": {str(seed): scored for seed, scored in per_seed.items()}, "methods": {}}
+    seeds_text = ", ".join(map(str, args.seeds))
+    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
+             f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, "
+             f"policy {args.hidden}, seeds {seeds_text}, goal in the observation, 5 deterministic evaluation "
+             f"episodes per task; EWC Fisher normalised: {args.ewc_normalize}.", "",
+             "Normalised per task and seed: 0 = random-init return, 1 = a from-scratch PPO run on that task "
+             "with the same budget and seed. Mean ± half-width of a 95% t-interval over seeds. Learning accuracy "
+             "is the mean of R[i][i] (each task right after its own stage).", "",
+             "| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for seed, scored in per_seed.items():
+        lines.insert(-2, f"Seed {seed}: random {np.round(scored['random_returns'], 1).tolist()}, "
+                         f"reference {np.round(scored['reference_returns'], 1).tolist()}.  ")
+    tables = []
+    for name in methods:
+        runs = [scored["methods"][name] for scored in per_seed.values()]
+        summary = {key: [r[key] for r in runs] for key in keys.values()}
+        mean_matrix = np.mean([r["matrix"] for r in runs], axis=0)
+        results["methods"][name] = {**{k: float(np.mean(v)) for k, v in summary.items()},
+                                    "mean_matrix": mean_matrix.tolist()}
+        lines.append(f"| {name} | " + " | ".join(interval(summary[key]) for key in keys.values()) + " |")
+        tables += ["", f"### {name} (normalised performance matrix, mean over seeds)", "",
+                   matrix_to_markdown(mean_matrix, labels)]
     lines += ["", "## Performance matrices", *tables, ""]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))

@@ -18,6 +18,7 @@ from agents.metrics import (
     forgetting,
     forward_transfer,
     forward_transfer_gem,
+    learning_accuracy,
     matrix_to_markdown,
     normalize,
     summarize,
@@ -47,6 +48,8 @@ def test_forgetting_and_backward_transfer_by_hand() -> None:
     assert average_forgetting(R, reference="max") == pytest.approx(0.275)
     # GEM: BWT = ((R20 − R00) + (R21 − R11)) / 2 = (−0.3 − 0.2) / 2 = −0.25
     assert backward_transfer(R) == pytest.approx(-0.25)
+    # learning accuracy: the diagonal's mean (0.8 + 0.9 + 1.0) / 3 = 0.9
+    assert learning_accuracy(R) == pytest.approx(0.9)
     with pytest.raises(ValueError, match="reference"):
         forgetting(R, reference="min")
 
@@ -79,6 +82,7 @@ def test_summary_collects_every_metric_and_is_json_ready() -> None:
     assert summary["average_forgetting"] == pytest.approx(0.25)
     assert summary["average_forgetting_max"] == pytest.approx(0.275)
     assert summary["backward_transfer"] == pytest.approx(-0.25)
+    assert summary["learning_accuracy"] == pytest.approx(0.9)
     assert "forward_transfer" not in summary and "forward_transfer_gem" not in summary
     assert json.loads(json.dumps(summary)) == summary
     with pytest.raises(ValueError, match="curves"):
