@@ -149,7 +149,7 @@ class LocomotionEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.readout.obs_dim,), np.float64)
         low, high = self.model.actuator_ctrlrange.T.copy()
         self.ctrl_low, self.ctrl_high = low, high
-        self._action = np.zeros((1, self.model.nu))
+        self._action = np.zeros(self.model.nu)
         self.action_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
 
         self._renderer: FrameRenderer | None = None
@@ -190,9 +190,9 @@ class LocomotionEnv(gym.Env):
             (heights.ravel() + HEIGHT_LIMIT) / (2 * HEIGHT_LIMIT))
         self.task = task
         heading, target, goal_obs = goal_arrays(task.goal.target_velocity, task.goal.direction)
-        self._heading, self._goal_obs = heading[None], goal_obs[None]
-        self._target = None if math.isnan(target) else np.array([target])
-        self._batch_heights = None if flat else heights[None]
+        self._heading, self._goal_obs = heading, goal_obs
+        self._target = None if math.isnan(target) else np.float64(target)
+        self._step_heights = None if flat else heights
         if self._renderer is not None:
             self._renderer.upload_heightfield()
 
@@ -223,28 +223,29 @@ class LocomotionEnv(gym.Env):
         # Clipped into a buffer reused every step (NaN passes through and is caught by MuJoCo).
         action = clip_action(action, self.ctrl_low, self.ctrl_high, out=self._action)
         data = self.data
-        xy_before = data.qpos[None, : self._root_xy].copy()
-        data.ctrl[:] = action[0]
-        if not (simulate(self.model, data, self.frame_skip, self.warning_counts)
-                and math.isfinite(data.qpos @ data.qpos + data.qvel @ data.qvel)):  # NaN or inf anywhere
+        xy_before = data.qpos[: self._root_xy].copy()
+        data.ctrl[:] = action
+        stable = simulate(self.model, data, self.frame_skip, self.warning_counts)
+        qpos, qvel = data.qpos, data.qvel
+        if not (stable and math.isfinite(qpos @ qpos + qvel @ qvel)):  # NaN or inf anywhere
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task}
-        out = self.readout.step(xy_before, data.qpos[None], data.qvel[None], action, self._batch_heights,
-                                self._heading, self._target, self._goal_obs)
-        truncated = bool(out.truncated[0])
+        out = self.readout.step(xy_before, qpos, qvel, action, self._step_heights, self._heading,
+                                self._target, self._goal_obs)
+        truncated = bool(out.truncated)
         info = {
-            "x_position": float(data.qpos[0]),
-            "y_position": 0.0 if self.spec_robot.planar else float(data.qpos[1]),
-            "forward_velocity": float(out.forward_velocity[0]),
-            "reward_forward": float(out.reward_forward[0]),
-            "reward_ctrl": float(out.reward_ctrl[0]),
-            "reward_healthy": float(out.reward_healthy[0]),
-            "terrain_height": float(out.ground[0]),
+            "x_position": float(qpos[0]),
+            "y_position": 0.0 if self._root_xy == 1 else float(qpos[1]),
+            "forward_velocity": float(out.forward_velocity),
+            "reward_forward": float(out.reward_forward),
+            "reward_ctrl": float(out.reward_ctrl),
+            "reward_healthy": float(out.reward_healthy),
+            "terrain_height": float(out.ground),
             "out_of_course": truncated,
             "physics_unstable": False,
             "task": self.task,
         }
-        return out.observation[0], float(out.reward[0]), bool(out.terminated[0]), truncated, info
+        return out.observation, float(out.reward), bool(out.terminated), truncated, info
 
     def render(self) -> np.ndarray | None:
         """An RGB frame from the tracking camera (render_mode='rgb_array'), else None."""
@@ -272,16 +273,12 @@ class LocomotionEnv(gym.Env):
             mujoco.mj_forward(self.model, self.data)
 
     def _observation(self) -> np.ndarray:
-        return self.readout.observe(self.data.qpos[None], self.data.qvel[None], self._batch_heights,
-                                    self._goal_obs)[0]
+        return self.readout.observe(self.data.qpos, self.data.qvel, self._step_heights, self._goal_obs)
 
 
 def clip_action(action: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Actions [B, nu] (or [nu] into an `out` of [1, nu]) clipped to the actuators' control range."""
-    if out is None:
-        return np.minimum(np.maximum(action, low), high)
-    np.maximum(action, low, out=out[0])
-    return np.minimum(out, high, out=out)
+    """Actions [B, nu] or [nu] clipped to the actuators' control range (into `out` if given)."""
+    return np.minimum(np.maximum(action, low, out=out), high, out=out)
 
 
 def simulate(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, warning_counts: np.ndarray) -> bool:

@@ -1,8 +1,10 @@
 """What an env reads out of the physics state: observation, reward parts, health, course limits.
 
-Everything here works on a batch of robots at once (arrays with a leading batch axis). The single
-env calls it with a batch of one and the batched env with many, so both compute the very same
-numbers by the very same code.
+Everything here works on a batch of robots (arrays with a leading batch axis) or on one robot
+(the same arrays without it: qpos [nq], numbers instead of [B] arrays). The batched env calls it
+with a batch and the single env with one robot, so both compute the very same numbers by the very
+same code and numpy functions; on one robot most of it is arithmetic on numpy scalars, which
+costs a fraction of the same call on a one-element array.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ GOAL_DIM = 6
 
 @dataclass
 class StepReadout:
-    """Per-robot results of one env step, each an array with a leading batch axis."""
+    """Per-robot results of one env step: arrays with a leading batch axis (numbers for one robot)."""
 
     observation: np.ndarray
     reward: np.ndarray
@@ -44,6 +46,11 @@ def goal_arrays(target_velocity: float | None, direction: float) -> tuple[np.nda
     half_axes[half_axes < 1e-12] = 0.0  # cos/sin of pi are not exactly 0
     goal_obs = np.array([target_velocity or 0.0, float(target_velocity is not None), *half_axes])
     return heading, target, goal_obs
+
+
+def constant(batch_shape: tuple[int, ...], value: float | bool) -> np.ndarray | float | bool:
+    """`value` for every robot of a batch ([B] array), or the plain value for one robot (shape ())."""
+    return np.full(batch_shape, value) if batch_shape else value
 
 
 class Readout:
@@ -75,19 +82,29 @@ class Readout:
         else:
             scan_x, scan_y = (a.ravel() for a in np.meshgrid(scan_x, scan_y))
         self.scan_x, self.scan_y = scan_x, scan_y
+        margin = 2.0  # out of course within 2 m of the heightfield's edge (parts would hang over it)
+        self.course_x = (robot.grid.x_start + margin, robot.grid.x_end - margin)
+        self.course_half_width = robot.grid.half_width - margin
         self.obs_dim = (nq - self.root + nv + (robot.n_scan if height_scan else 0)
                         + (GOAL_DIM if goal_in_obs else 0))
 
     # --- terrain ----------------------------------------------------------------------------
 
-    def ground_under(self, heights: np.ndarray | None, qpos: np.ndarray) -> np.ndarray:
-        """Terrain height [B] under each torso; `heights` None means flat ground everywhere."""
+    def ground_under(self, heights: np.ndarray | None, qpos: np.ndarray) -> np.ndarray | None:
+        """Terrain height [B] under each torso ([] for one robot); None for flat ground everywhere.
+
+        `heights` is [B, nrow, ncol] for a batch, [nrow, ncol] for one robot.
+        """
         if heights is None:
-            return np.zeros(qpos.shape[0])
+            return None
+        if qpos.ndim == 1:
+            return self.ground_under(heights[None], qpos[None])[0]
         y = np.zeros((qpos.shape[0], 1)) if self.robot.planar else qpos[:, 1:2]
         return heights_at(heights, self.robot.grid, qpos[:, 0:1], y)[:, 0]
 
     def _scan(self, heights: np.ndarray | None, qpos: np.ndarray) -> np.ndarray:
+        if qpos.ndim == 1:
+            return self._scan(None if heights is None else heights[None], qpos[None])[0]
         if heights is None:
             return qpos[:, self.root:self.root + 1] - np.zeros((qpos.shape[0], self.scan_x.size))
         x, y = qpos[:, 0:1], (np.zeros((qpos.shape[0], 1)) if self.robot.planar else qpos[:, 1:2])
@@ -105,26 +122,27 @@ class Readout:
 
     def observe(self, qpos: np.ndarray, qvel: np.ndarray, heights: np.ndarray | None, goal_obs: np.ndarray,
                 ground: np.ndarray | None = None) -> np.ndarray:
-        """Observations [B, obs_dim]: height above ground, the rest of qpos, clipped qvel, extras."""
+        """Observations [B, obs_dim] ([obs_dim] for one robot): height above ground, the rest of
+        qpos, clipped qvel, extras."""
         clip = self.robot.velocity_clip
         if heights is None:  # flat ground at height 0: qpos from the root height on is the obs
-            parts = [qpos[:, self.root:]]
+            parts = [qpos[..., self.root:]]
         else:
             if ground is None:
                 ground = self.ground_under(heights, qpos)
-            parts = [(qpos[:, self.root] - ground)[:, None], qpos[:, self.root + 1:]]
+            parts = [(qpos[..., self.root] - ground)[..., None], qpos[..., self.root + 1:]]
         parts.append(np.minimum(np.maximum(qvel, -clip), clip))
         if self.height_scan:
             parts.append(self._scan(heights, qpos))
         if self.goal_in_obs:
             parts.append(goal_obs)
-        return np.concatenate(parts, axis=1)
+        return np.concatenate(parts, axis=-1)
 
     def tilt(self, qpos: np.ndarray) -> np.ndarray:
         """Angle [B] between each torso's up axis and the world's, radians (planar: |pitch|)."""
         if self.robot.planar:
-            return np.abs(qpos[:, 2])
-        qx, qy = qpos[:, 4], qpos[:, 5]
+            return np.abs(qpos[..., 2])
+        qx, qy = qpos[..., 4], qpos[..., 5]
         return np.arccos(np.clip(1.0 - 2.0 * (qx * qx + qy * qy), -1.0, 1.0))
 
     def healthy(self, qpos: np.ndarray, ground: np.ndarray | None) -> np.ndarray | None:
@@ -132,7 +150,7 @@ class Readout:
         robot = self.robot
         if robot.healthy_z is None:
             return None
-        z = qpos[:, self.root] if ground is None else qpos[:, self.root] - ground
+        z = qpos[..., self.root] if ground is None else qpos[..., self.root] - ground
         ok = (robot.healthy_z[0] <= z) & (z <= robot.healthy_z[1])
         if robot.max_tilt is not None:
             ok &= self.tilt(qpos) <= robot.max_tilt
@@ -140,20 +158,19 @@ class Readout:
 
     def out_of_course(self, qpos: np.ndarray) -> np.ndarray:
         """Bool [B]: the torso is within 2 m of the heightfield's edge (parts would hang over it)."""
-        grid, margin = self.robot.grid, 2.0
-        x = qpos[:, 0]
-        outside = (x < grid.x_start + margin) | (x > grid.x_end - margin)
+        x = qpos[..., 0]
+        outside = (x < self.course_x[0]) | (x > self.course_x[1])
         if not self.robot.planar:
-            outside |= np.abs(qpos[:, 1]) > grid.half_width - margin
+            outside |= np.abs(qpos[..., 1]) > self.course_half_width
         return outside
 
     def step(self, xy_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
              heights: np.ndarray | None, heading: np.ndarray, target: np.ndarray | None,
              goal_obs: np.ndarray) -> StepReadout:
-        """Everything one env step reports, for a batch.
+        """Everything one env step reports, for a batch (or, without the batch axis, one robot).
 
-        Written with as few numpy calls as the case needs: a single env calls this with a batch
-        of one every step, where each call, not each element, is the cost.
+        Only the work the case needs is done: every numpy call costs about a microsecond
+        whatever the batch size, and the single env pays it on every step.
 
         Args:
             xy_before: root x (and y) before the step, [B, 1 or 2].
@@ -167,22 +184,23 @@ class Readout:
         """
         robot = self.robot
         if self.root == 1:
-            forward_velocity = (qpos[:, 0] - xy_before[:, 0]) / self.dt * heading[:, 0]
+            forward_velocity = (qpos[..., 0] - xy_before[..., 0]) / self.dt * heading[..., 0]
         else:
-            forward_velocity = ((qpos[:, :2] - xy_before) / self.dt * heading).sum(axis=1)
+            forward_velocity = ((qpos[..., :2] - xy_before) / self.dt * heading).sum(axis=-1)
         if target is None:
             reward_forward = forward_velocity
         else:
             reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
-        reward_ctrl = (action * action).sum(axis=1) * -robot.ctrl_cost_weight
-        ground = None if heights is None else self.ground_under(heights, qpos)
+        reward_ctrl = (action * action).sum(axis=-1) * -robot.ctrl_cost_weight
+        ground = self.ground_under(heights, qpos)
         healthy = self.healthy(qpos, ground)
+        batch_shape = qpos.shape[:-1]
         if healthy is None:
-            reward_healthy = np.full(qpos.shape[0], robot.healthy_reward)
-            terminated = np.zeros(qpos.shape[0], dtype=bool)
+            reward_healthy = constant(batch_shape, robot.healthy_reward)
+            terminated = constant(batch_shape, False)
         else:
             reward_healthy = np.where(healthy, robot.healthy_reward, 0.0)
-            terminated = ~healthy if self.terminate_when_unhealthy else np.zeros_like(healthy)
+            terminated = ~healthy if self.terminate_when_unhealthy else constant(batch_shape, False)
         return StepReadout(
             observation=self.observe(qpos, qvel, heights, goal_obs, ground),
             reward=reward_forward + reward_ctrl + reward_healthy,
@@ -190,7 +208,7 @@ class Readout:
             reward_ctrl=reward_ctrl,
             reward_healthy=reward_healthy,
             forward_velocity=forward_velocity,
-            ground=np.zeros(qpos.shape[0]) if ground is None else ground,
+            ground=constant(batch_shape, 0.0) if ground is None else ground,
             terminated=terminated,
             truncated=self.out_of_course(qpos),
         )
