@@ -27,12 +27,14 @@ from agents.config import config_to_dict
 from agents.curriculum import CurriculumConfig, Schedule
 from agents.ewc import make_regularizer
 from agents.maml import adapt
-from agents.policy import GaussianMLPPolicy
+from agents.policy import GaussianMLPPolicy, Params
 from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from agents.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
 from envs import ENV_IDS
 from envs.tasks import Task
+
+SB3_HEAD = ("action_net.weight", "action_net.bias")  # the actor's output layer in SB3's names
 
 
 @dataclass
@@ -121,6 +123,7 @@ class Curriculum:
         self.policy = self._initial_policy()
         self.model = self._make_model()
         self.schedule = Schedule(config)
+        self.heads: dict[int, Params] = {}  # pool index -> its output layer (config.task_heads)
         self.state = CurriculumState()
         self.log = MetricsLog(run.metrics, "stages")
 
@@ -175,6 +178,8 @@ class Curriculum:
         """Adapt, train, consolidate and evaluate one stage; checkpoint; return its record."""
         cfg = self.config
         task = self.pool_tasks[pool_index]
+        if cfg.task_heads and pool_index in self.heads:
+            self.policy.load_head(self.heads[pool_index])  # a retrained task resumes its own head
         before, after = self._adapt(task, stage)
         policy_to_sb3(self.policy, self.model.policy)
         if stage > 0 and cfg.reset_critic:
@@ -182,8 +187,11 @@ class Curriculum:
         curve: list[list[float]] = []
         success = self._train(task, stage, curve)
         self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
+        if cfg.task_heads:
+            self.heads[pool_index] = self.policy.head()
         if self.model.regularizer is not None:
-            self.model.consolidate(None, n_states=cfg.regularizer.fisher_states)
+            self.model.consolidate(None, n_states=cfg.regularizer.fisher_states,
+                                   exclude=SB3_HEAD if cfg.task_heads else ())
         row, distance = self._evaluate_matrix_row(stage, pool_index)
         held_out = self._evaluate(self.held_out_tasks)[0] if self.held_out_tasks else []
         if cfg.schedule == "ladder":
@@ -272,15 +280,24 @@ class Curriculum:
 
     # --- evaluation -------------------------------------------------------------------------
 
-    def _evaluate(self, tasks: list[Task], policy: GaussianMLPPolicy | None = None) -> tuple[list[float], list[float]]:
-        """Mean deterministic return and distance of `policy` (default: current) on each task."""
+    def _evaluate(self, tasks: list[Task], policy: GaussianMLPPolicy | None = None,
+                  params: list[Params] | None = None) -> tuple[list[float], list[float]]:
+        """Mean deterministic return and distance of `policy` (default: current) on each task.
+
+        `params`: optional parameters per task (e.g. each with its task's head).
+        """
         if not tasks:
             return [], []
         episodes = self.sampler.sample(policy or self.policy, tasks, self.config.evaluation.episodes,
-                                       seed=10_000 + self.config.seed, deterministic=True)
+                                       params=params, seed=10_000 + self.config.seed, deterministic=True)
         returns = [float(e.total_returns().mean()) for e in episodes]
         distances = [float(e.info["distance"].mean()) for e in episodes]
         return returns, distances
+
+    def _task_params(self, pool_index: int) -> Params:
+        """The current parameters with pool task `pool_index`'s head (the current head if it has none)."""
+        head = self.heads.get(pool_index)
+        return self.policy.with_head(head if head is not None else self.policy.head())
 
     def _random_references(self) -> tuple[list[float], list[float]]:
         """Returns of a randomly initialised policy (the 0 of the normalisation)."""
@@ -294,7 +311,9 @@ class Curriculum:
         cfg = self.config
         seen = [record["pool_index"] for record in self.state.history] + [pool_index]
         future = list(range(len(seen), len(self.pool_tasks))) if cfg.schedule == "fixed" else []
-        returns, distances = self._evaluate([self.pool_tasks[i] for i in seen + future])
+        columns = seen + future
+        params = [self._task_params(i) for i in columns] if cfg.task_heads else None
+        returns, distances = self._evaluate([self.pool_tasks[i] for i in columns], params=params)
         n_columns = self.schedule.total_stages()
         row = [math.nan] * n_columns
         for column, value in enumerate(returns):
@@ -312,6 +331,7 @@ class Curriculum:
             "sb3_optimizer": self.model.policy.optimizer.state_dict(),
             "num_timesteps": int(self.model.num_timesteps),
             "state_json": json.dumps(self.state.to_dict()),
+            "heads": {str(pool): head for pool, head in self.heads.items()},
         }
         save_step_checkpoint(self.run, stage + 1, keep=2, policy=self.policy, robot=self.config.robot, stage=stage + 1,
                              regularizer=self.model.regularizer, extra_state=extra,
@@ -329,6 +349,7 @@ class Curriculum:
         if self.model.regularizer is not None and checkpoint.regularizer_state is not None:
             self.model.regularizer.load_state_dict(checkpoint.regularizer_state)
         self.state = CurriculumState(**json.loads(checkpoint.extra_state["state_json"]))
+        self.heads = {int(pool): head for pool, head in checkpoint.extra_state.get("heads", {}).items()}
         self.schedule.retries = self.state.retries
         self.log = MetricsLog(self.run.metrics, "stages", resume_step=len(self.state.history))
         print(f"resumed after stage {len(self.state.history) - 1} from {path}")

@@ -113,6 +113,10 @@ class CurriculumConfig:
     adapt_episodes: int = 10  # episodes per adaptation step
     inner_lr: float = 0.1  # adaptation step size
     reset_critic: bool = True  # new value function (and optimiser state) at each new stage, see continual.py
+    # One output layer per pool task (Continual World's multi-head setup): a task is evaluated with
+    # its own head, a new task's head starts as a copy of the latest, and the regulariser anchors
+    # only the shared layers.
+    task_heads: bool = False
     ppo: PPOConfig = field(default_factory=PPOConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -74,6 +74,28 @@ class GaussianMLPPolicy(nn.Module):
         mean, std = self.mean_and_std(obs, params)
         return Independent(Normal(mean, std), 1)
 
+    def output_layer_names(self) -> tuple[str, str]:
+        """Names of the output layer's weight and bias (the "head" that maps features to means)."""
+        last = 2 * len(self.hidden_sizes)
+        return f"mean_net.{last}.weight", f"mean_net.{last}.bias"
+
+    def head(self) -> Params:
+        """A detached copy of the output layer's parameters."""
+        params = self.parameters_dict()
+        return {name: params[name].detach().clone() for name in self.output_layer_names()}
+
+    def with_head(self, head: Mapping[str, torch.Tensor]) -> Params:
+        """The module's parameters (detached) with the output layer replaced by `head`."""
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        return {**params, **{name: head[name] for name in self.output_layer_names()}}
+
+    def load_head(self, head: Mapping[str, torch.Tensor]) -> None:
+        """Copy `head` into the output layer in place."""
+        params = self.parameters_dict()
+        with torch.no_grad():
+            for name in self.output_layer_names():
+                params[name].copy_(head[name])
+
     def parameters_dict(self) -> Params:
         """The module's own parameters as a name -> tensor dict (shared, not copied)."""
         return dict(self.named_parameters())

@@ -317,6 +317,7 @@ class EWCPPO(PPO):
         include_critic: bool = False,
         value_noise_std: float = 1.0,
         seed: int | None = None,
+        exclude: Sequence[str] = (),
         **fisher_kwargs: Any,
     ) -> Params:
         """End a task: estimate the Fisher on its states and fold it, with the current parameters, into the regulariser.
@@ -328,6 +329,7 @@ class EWCPPO(PPO):
             include_critic: also anchor the critic, weighted by its `value_fisher`.
             value_noise_std: standard deviation of the critic's Gaussian likelihood.
             seed: env reset seed when `source` is an env.
+            exclude: parameter names left unanchored (e.g. a task-specific output layer).
             **fisher_kwargs: passed to the actor's Fisher estimator (`batch_size`, `num_samples`, `generator`).
 
         Returns:
@@ -337,7 +339,11 @@ class EWCPPO(PPO):
             raise ValueError("regularizer: is None, so there is nothing to consolidate into")
         states = self.task_states(source, n_states, seed)
         fisher = sb3_fisher(self.policy, states, method, include_critic, value_noise_std, **fisher_kwargs)
-        self.regularizer.consolidate(dict(self.policy.named_parameters()), fisher)
+        unknown = sorted(set(exclude) - set(fisher))
+        if unknown:
+            raise ValueError(f"exclude: {unknown} are not anchored parameters; allowed: {sorted(fisher)}")
+        anchored = {name: value for name, value in fisher.items() if name not in set(exclude)}
+        self.regularizer.consolidate(dict(self.policy.named_parameters()), anchored)
         return fisher
 
 

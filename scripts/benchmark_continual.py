@@ -44,12 +44,12 @@ SEQUENCES = {
 CURVE_POINTS = 11
 
 
-def base_config(steps: int, seed: int, stages: list[dict], hidden_sizes: list[int]) -> dict:
+def base_config(steps: int, seed: int, stages: list[dict], hidden_sizes: list[int], task_heads: bool) -> dict:
     """The curriculum every method runs (only the regulariser differs)."""
     # The goal is in the observation: without it, one policy cannot tell "run forward" from "run
     # backward" and no method could keep both (a first run without it showed exactly that).
     return {"robot": "cheetah", "init": "scratch", "hidden_sizes": hidden_sizes, "horizon": 200, "schedule": "fixed",
-            "goal_in_obs": True,
+            "goal_in_obs": True, "task_heads": task_heads,
             "stages": stages, "steps_per_stage": steps, "adapt_steps": 0, "seed": seed, "video": False,
             "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
 
@@ -78,7 +78,7 @@ def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float)
 def score_seed(seed: int, args: argparse.Namespace, stages: list[dict], methods: dict[str, dict]) -> dict:
     """One seed: the from-scratch references, then every method, each scored on that seed's references."""
     out = args.out / f"seed{seed}"
-    base = base_config(args.steps, seed, stages, args.hidden)
+    base = base_config(args.steps, seed, stages, args.hidden, args.task_heads)
     references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
                       out, args.reuse) for stage in stages]
     low = np.array([ref["random_returns"][0] for ref in references])
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="reverse", help="which skills, in order")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="policy hidden layer sizes")
+    parser.add_argument("--task-heads", action="store_true",
+                        help="one output layer per task (Continual World's multi-head setup) for every method")
     parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
     args = parser.parse_args()
 
@@ -131,13 +133,14 @@ def main() -> None:
     keys = {"average performance": "average_performance", "average forgetting": "average_forgetting",
             "learning accuracy": "learning_accuracy", "forward transfer": "average_forward_transfer"}
     results = {"steps_per_stage": args.steps, "seeds": args.seeds, "sequence": args.sequence,
-               "hidden_sizes": args.hidden, "ewc_normalize": args.ewc_normalize,
+               "hidden_sizes": args.hidden, "task_heads": args.task_heads, "ewc_normalize": args.ewc_normalize,
                "per_seed": {str(seed): scored for seed, scored in per_seed.items()}, "methods": {}}
     seeds_text = ", ".join(map(str, args.seeds))
     lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
              f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, "
-             f"policy {args.hidden}, seeds {seeds_text}, goal in the observation, 5 deterministic evaluation "
-             f"episodes per task; EWC Fisher normalised: {args.ewc_normalize}.", "",
+             f"policy {args.hidden}{' with one output head per task' if args.task_heads else ''}, seeds {seeds_text}, "
+             f"goal in the observation, 5 deterministic evaluation episodes per task; EWC Fisher normalised: "
+             f"{args.ewc_normalize}.", "",
              "Normalised per task and seed: 0 = random-init return, 1 = a from-scratch PPO run on that task "
              "with the same budget and seed. Mean ± half-width of a 95% t-interval over seeds. Learning accuracy "
              "is the mean of R[i][i] (each task right after its own stage).", "",

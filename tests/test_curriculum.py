@@ -196,3 +196,30 @@ def test_a_ladder_promotes_on_success_and_stops_after_retries(tmp_path: Path) ->
     run = prepare_run_dir(tmp_path / "hard", resume=False, force=False, config=hard)
     state = Curriculum(config_from_dict(CurriculumConfig, hard), run, progress=False).run_all()
     assert [r["label"] for r in state.history] == ["flat@0", "flat@0"], "a missed rung is retried once, then stop"
+
+
+def test_task_heads_keep_one_output_layer_per_task_and_leave_it_unanchored(tmp_path: Path) -> None:
+    import torch
+
+    config_dict = {**TINY, "video": False, "task_heads": True, "evaluation": {"episodes": 1}}
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=config_dict)
+    curriculum = Curriculum(config_from_dict(CurriculumConfig, config_dict), run, progress=False)
+    state = curriculum.run_all()
+    heads = curriculum.heads
+    assert sorted(heads) == [0, 1]
+    weight = curriculum.policy.output_layer_names()[0]
+    assert not torch.equal(heads[0][weight], heads[1][weight]), "training task 1 moved its own head only"
+    assert torch.equal(heads[1][weight], curriculum.policy.parameters_dict()[weight]), "the latest head is current"
+    # every anchored parameter is shared: the heads are free for the next task
+    anchored = set(curriculum.model.regularizer.anchors[0])
+    assert anchored and not anchored & {"action_net.weight", "action_net.bias"}
+    # task 0 is evaluated with head 0: evaluating it again with that head gives the recorded return
+    again = curriculum._evaluate([curriculum.pool_tasks[0]], params=[curriculum._task_params(0)])[0][0]
+    assert again == pytest.approx(state.matrix[-1][0])
+
+    resumed = Curriculum(config_from_dict(CurriculumConfig, config_dict),
+                         prepare_run_dir(tmp_path / "run", resume=True, force=False, config=config_dict),
+                         progress=False)
+    assert resumed._resume()
+    assert sorted(resumed.heads) == [0, 1]
+    assert all(torch.equal(resumed.heads[k][n], heads[k][n]) for k in heads for n in heads[k])

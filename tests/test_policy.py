@@ -45,3 +45,21 @@ def test_vmap_over_per_task_parameters() -> None:
     mean, _ = vmap(policy.mean_and_std)(obs, stacked)
     first = {n: v[1] for n, v in stacked.items()}
     assert torch.allclose(mean[1], policy.mean_and_std(obs[1], first)[0], atol=1e-6)
+
+
+def test_heads_swap_only_the_output_layer() -> None:
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(5, 3, (8, 8))
+    other = GaussianMLPPolicy(5, 3, (8, 8))
+    head = other.head()
+    assert set(head) == set(policy.output_layer_names()) == {"mean_net.4.weight", "mean_net.4.bias"}
+    swapped = policy.with_head(head)
+    obs = torch.randn(4, 5)
+    features = policy.mean_net[:-1](obs)
+    expected = torch.nn.functional.linear(features, head["mean_net.4.weight"], head["mean_net.4.bias"])
+    torch.testing.assert_close(policy.mean_and_std(obs, swapped)[0], expected)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    policy.load_head(head)
+    after = policy.parameters_dict()
+    assert all(torch.equal(after[n], head[n]) for n in head)
+    assert all(torch.equal(after[n], before[n]) for n in before if n not in head)

@@ -293,3 +293,14 @@ def test_mismatched_dimensions_are_named() -> None:
         policy_to_sb3(policy, theirs)
     with pytest.raises(ValueError, match="activation_fn"):
         sb3_to_policy(sb3_policy(net_arch={"pi": [8]}, activation_fn=nn.ReLU))
+
+
+def test_consolidate_can_leave_parameters_unanchored() -> None:
+    model = EWCPPO("MlpPolicy", make_env(), seed=0, regularizer=EWC(strength=1.0), **PPO_KW)
+    states = np.random.default_rng(0).normal(size=(32, OBS_DIM))
+    fisher = model.consolidate(states, exclude=("action_net.weight", "action_net.bias"))
+    assert "action_net.weight" in fisher, "the full Fisher is returned"
+    anchored = set(model.regularizer.anchors[0])
+    assert anchored == set(fisher) - {"action_net.weight", "action_net.bias"}
+    with pytest.raises(ValueError, match="exclude"):
+        model.consolidate(states, exclude=("no_such_parameter",))
