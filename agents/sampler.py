@@ -149,7 +149,8 @@ class Sampler:
 def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int):
     """obs [B, obs_dim] -> (mean, std) [B, act_dim], each task's rows under its own parameters."""
     if not isinstance(params, Sequence):
-        own = None if params is None else dict(params)
+        # Looked up once, not every step (the tensors are shared, so this is still the live policy).
+        own = policy.parameters_dict() if params is None else dict(params)
         return lambda obs: policy.mean_and_std(obs, own)
     stacked: Params = {name: torch.stack([p[name].detach() for p in params]) for name in params[0]}
     per_task_forward = vmap(policy.mean_and_std, in_dims=(0, 0))
