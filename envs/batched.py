@@ -55,6 +55,11 @@ class BatchedEnv:
         self._stable = np.ones(num_envs, dtype=bool)
         self._active = np.ones(num_envs, dtype=bool)
         self._actions = np.zeros((num_envs, first.model.nu))
+        # Each member's model, data and views of its ctrl, qpos, qvel and warning counters (MjData
+        # keeps its buffers for life, so the views stay valid): MjData attribute lookups build a
+        # new view on every access, which the physics threads would pay under the GIL.
+        self._members = [(env.model, env.data, env.data.ctrl, env.data.qpos, env.data.qvel, env.warning_counts)
+                         for env in self.envs]
         self.set_tasks([first.task] * num_envs)
 
     @property
@@ -127,16 +132,17 @@ class BatchedEnv:
         return out.observation, out.reward, out.terminated, out.truncated, info
 
     def _simulate(self, members: range) -> None:
-        # Runs on a worker thread: mj_step releases the GIL, so chunks step in parallel.
-        active, actions, frame_skip = self._active, self._actions, self.frame_skip
+        # Runs on a worker thread: mj_step releases the GIL, so chunks step in parallel. The Python
+        # between mj_step calls holds the GIL, so it reads views made once (`_members`).
+        active, actions, frame_skip, stable = self._active, self._actions, self.frame_skip, self._stable
         for i in members:
             if not active[i]:
                 continue
-            env = self.envs[i]
-            env.data.ctrl[:] = actions[i]
-            self._stable[i] = simulate(env.model, env.data, frame_skip, env.warning_counts)
-            self.qpos[i] = env.data.qpos
-            self.qvel[i] = env.data.qvel
+            model, data, ctrl, qpos, qvel, warning_counts = self._members[i]
+            ctrl[:] = actions[i]
+            stable[i] = simulate(model, data, frame_skip, warning_counts)
+            self.qpos[i] = qpos
+            self.qvel[i] = qvel
 
     def close(self) -> None:
         """Stop the thread pool and free the members."""
