@@ -15,25 +15,38 @@ TASKS = [
 ]
 
 
-@pytest.mark.parametrize("robot", ["cheetah", "quadruped"])
+#: Every member flat and rewarded for progress: the readout's fast paths (no heights, no targets).
+FLAT_PROGRESS = [Task(), Task(physics=Physics(friction=0.4)), Task(goal=Goal(direction=np.pi)),
+                 Task(physics=Physics(motor_strength=0.6))]
+
+
+@pytest.mark.parametrize(("robot", "tasks", "options"), [
+    ("cheetah", TASKS, {"height_scan": True, "goal_in_obs": True}),
+    ("quadruped", TASKS, {"height_scan": True, "goal_in_obs": True}),
+    ("walker", TASKS, {"height_scan": True, "goal_in_obs": True}),
+    ("cheetah", FLAT_PROGRESS, {}),
+    ("walker", FLAT_PROGRESS, {"terminate_when_unhealthy": False}),
+    ("quadruped", FLAT_PROGRESS, {"goal_in_obs": True}),
+])
 @pytest.mark.parametrize("num_threads", [1, 2])
-def test_batched_members_match_single_envs_bit_for_bit(robot: str, num_threads: int) -> None:
-    batch = BatchedEnv(robot, len(TASKS), height_scan=True, goal_in_obs=True, num_threads=num_threads)
-    batch.set_tasks(TASKS)
+def test_batched_members_match_single_envs_bit_for_bit(robot: str, tasks: list[Task], options: dict,
+                                                       num_threads: int) -> None:
+    batch = BatchedEnv(robot, len(tasks), **options, num_threads=num_threads)
+    batch.set_tasks(tasks)
     seeds = [10, 11, 12, 13]
     obs = batch.reset(seeds)
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, (60, len(TASKS), batch.action_space.shape[0]))
+    actions = rng.uniform(-1, 1, (60, len(tasks), batch.action_space.shape[0]))
     batch_obs, batch_rewards, batch_done = [obs], [], []
-    done = np.zeros(len(TASKS), dtype=bool)
+    done = np.zeros(len(tasks), dtype=bool)
     for step_actions in actions:
         obs, reward, terminated, truncated, _ = batch.step(step_actions, active=~done)
         done |= terminated | truncated
         batch_obs.append(obs.copy())
         batch_rewards.append(reward.copy())
         batch_done.append(done.copy())
-    for i, task in enumerate(TASKS):
-        env = LocomotionEnv(robot, task=task, height_scan=True, goal_in_obs=True)
+    for i, task in enumerate(tasks):
+        env = LocomotionEnv(robot, task=task, **options)
         single_obs = [env.reset(seed=seeds[i])[0]]
         assert np.array_equal(single_obs[0], batch_obs[0][i])
         for t, step_actions in enumerate(actions):
