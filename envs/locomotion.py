@@ -221,7 +221,11 @@ class LocomotionEnv(gym.Env):
     def step(self, action: np.ndarray):
         """Advance frame_skip physics steps; reward parts and state go into `info`."""
         # Clipped into a buffer reused every step (NaN passes through and is caught by MuJoCo).
-        action = clip_action(action, self.ctrl_low, self.ctrl_high, out=self._action)
+        try:
+            action = clip_action(action, self.ctrl_low, self.ctrl_high, out=self._action)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"action: must be {self._action.size} numbers (shape ({self._action.size},)), "
+                             f"got shape {np.shape(action)}") from error
         data = self.data
         xy_before = data.qpos[: self._root_xy].copy()
         data.ctrl[:] = action

@@ -208,6 +208,16 @@ def test_backward_tasks_have_room_to_run() -> None:
     assert not truncated
 
 
+@pytest.mark.parametrize("action", [np.zeros((1, 6)), np.zeros(5), [0.0] * 7])
+def test_a_wrongly_shaped_action_is_refused_before_stepping(action) -> None:
+    env = make("cheetah").unwrapped
+    env.reset(seed=0)
+    time_before = env.data.time
+    with pytest.raises(ValueError, match=r"action: must be 6 numbers"):
+        env.step(action)
+    assert env.data.time == time_before
+
+
 def test_a_non_finite_action_ends_the_episode_as_unstable() -> None:
     env = make("cheetah")
     env.reset(seed=0)
