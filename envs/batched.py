@@ -105,8 +105,7 @@ class BatchedEnv:
             arrays [B]: forward_velocity, x_position, reward parts, physics_unstable.
         """
         self._active[:] = True if active is None else active
-        self._actions[:] = clip_action(np.asarray(actions, dtype=np.float64), self.envs[0].ctrl_low,
-                                       self.envs[0].ctrl_high)
+        clip_action(actions, self.envs[0].ctrl_low, self.envs[0].ctrl_high, out=self._actions)
         xy_before = self.qpos[:, : self.readout.root].copy()
         if self._pool is None:
             self._simulate(self._chunks[0])
