@@ -1,23 +1,30 @@
-"""Many locomotion envs stepped together: physics on a thread pool, readout vectorised.
+"""Many locomotion envs stepped together: physics in MuJoCo's threaded rollout, readout vectorised.
 
-Each member is a full `LocomotionEnv` (its own compiled model, so each can hold its own task);
-the batch steps their physics on threads (MuJoCo releases the GIL inside `mj_step`) and then
-computes every observation and reward in one vectorised `Readout` call. Member i of a batch
-produces exactly the trajectory a single env would, given the same task, seed and actions.
+Each member is a full `LocomotionEnv` (its own compiled model, so each can hold its own task).
+The batch keeps every member's physical state in one array and steps them all with one call to
+`mujoco.rollout` (C++ threads, the GIL released once per step rather than once per member),
+then computes every observation and reward in one vectorised `Readout` call. Member i of a batch
+produces exactly the trajectory a single env would, given the same task, seed and actions: both
+start each env step's solver cold, so a step depends only on the state and the action, and a
+member whose rollout stopped early (MuJoCo stops a rollout at any warning) is stepped again from
+its saved state by the single env's own code.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
+import mujoco
 import numpy as np
+from mujoco import rollout
 
 from envs.locomotion import LocomotionEnv, clip_action, simulate
 from envs.readout import goal_arrays
 from envs.tasks import Task
+
+_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS  # [time, qpos, qvel, act, ...]: what rollout carries
 
 
 class BatchedEnv:
@@ -46,20 +53,22 @@ class BatchedEnv:
         self.observation_space = first.observation_space
         self.action_space = first.action_space
         self.num_threads = max(1, min(num_threads or os.cpu_count() or 1, num_envs))
-        bounds = np.linspace(0, num_envs, self.num_threads + 1).astype(int)
-        self._chunks = [range(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
-        self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
-        nq, nv = first.model.nq, first.model.nv
-        self.qpos = np.zeros((num_envs, nq))
-        self.qvel = np.zeros((num_envs, nv))
+        model = first.model
+        nq, nv, nstate = model.nq, model.nv, mujoco.mj_stateSize(model, _STATE)
+        self._models = [env.model for env in self.envs]
+        # One scratch MjData per rollout thread; with one thread rollout runs on the calling thread.
+        self._scratch = [mujoco.MjData(model) for _ in range(self.num_threads)]
+        self._rollout = rollout.Rollout(nthread=self.num_threads if self.num_threads > 1 else 0)
+        self._states = np.zeros((num_envs, nstate))  # every member's physical state, one row each
+        self._substeps = np.zeros((num_envs, self.frame_skip, nstate))  # rollout's output
+        self._controls = np.zeros((num_envs, self.frame_skip, model.nu))
+        self._cold_start = np.zeros((num_envs, nv))  # every env step starts the solver cold
+        # Views of the state rows (valid for the batch's life: the arrays are never replaced).
+        self.qpos = self._states[:, 1:1 + nq]
+        self.qvel = self._states[:, 1 + nq:1 + nq + nv]
         self._stable = np.ones(num_envs, dtype=bool)
         self._active = np.ones(num_envs, dtype=bool)
-        self._actions = np.zeros((num_envs, first.model.nu))
-        # Each member's model, data and views of its ctrl, qpos, qvel and warning counters (MjData
-        # keeps its buffers for life, so the views stay valid): MjData attribute lookups build a
-        # new view on every access, which the physics threads would pay under the GIL.
-        self._members = [(env.model, env.data, env.data.ctrl, env.data.qpos, env.data.qvel, env.warning_counts)
-                         for env in self.envs]
+        self._actions = np.zeros((num_envs, model.nu))
         self.set_tasks([first.task] * num_envs)
 
     @property
@@ -87,8 +96,7 @@ class BatchedEnv:
             raise ValueError(f"seeds must have one seed per env ({self.num_envs}), got {len(seeds)}")
         for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
             env.reset(seed=None if seed is None else int(seed))
-            self.qpos[i] = env.data.qpos
-            self.qvel[i] = env.data.qvel
+            mujoco.mj_getState(env.model, env.data, self._states[i], _STATE)
         self._active[:] = True
         return self.readout.observe(self.qpos, self.qvel, self._heights, self._goal_obs)
 
@@ -107,14 +115,10 @@ class BatchedEnv:
         self._active[:] = True if active is None else active
         clip_action(actions, self.envs[0].ctrl_low, self.envs[0].ctrl_high, out=self._actions)
         xy_before = self.qpos[:, : self.readout.root].copy()
-        if self._pool is None:
-            self._simulate(self._chunks[0])
-        else:
-            for future in [self._pool.submit(self._simulate, chunk) for chunk in self._chunks]:
-                future.result()
+        self._simulate()
         out = self.readout.step(xy_before, self.qpos, self.qvel, self._actions, self._heights, self.heading,
                                 self._target, self._goal_obs)
-        unstable = ~(self._stable & np.isfinite(self.qpos).all(axis=1) & np.isfinite(self.qvel).all(axis=1))
+        unstable = ~self._stable
         if unstable.any():
             out.observation[unstable] = np.nan_to_num(out.observation[unstable], nan=0.0, posinf=0.0, neginf=0.0)
             out.reward[unstable] = 0.0
@@ -130,24 +134,51 @@ class BatchedEnv:
         }
         return out.observation, out.reward, out.terminated, out.truncated, info
 
-    def _simulate(self, members: range) -> None:
-        # Runs on a worker thread: mj_step releases the GIL, so chunks step in parallel. The Python
-        # between mj_step calls holds the GIL, so it reads views made once (`_members`).
-        active, actions, frame_skip, stable = self._active, self._actions, self.frame_skip, self._stable
-        for i in members:
-            if not active[i]:
-                continue
-            model, data, ctrl, qpos, qvel, warning_counts = self._members[i]
-            ctrl[:] = actions[i]
-            stable[i] = simulate(model, data, frame_skip, warning_counts)
-            self.qpos[i] = qpos
-            self.qvel[i] = qvel
+    def _simulate(self) -> None:
+        """Step the active members' states frame_skip physics steps; sets `_stable`."""
+        self._controls[:] = self._actions[:, None, :]
+        members = np.flatnonzero(self._active)
+        everyone = members.size == self.num_envs
+        if everyone:  # the common case: rollout reads and writes the batch's arrays in place
+            states, controls, substeps = self._states, self._controls, self._substeps
+            models, cold_start = self._models, self._cold_start
+        else:
+            states, controls = self._states[members], self._controls[members]
+            substeps, cold_start = self._substeps[members], self._cold_start[members]
+            models = [self._models[i] for i in members]
+        if members.size:  # chunks of a quarter of each thread's share: a stalled thread's work moves on
+            self._rollout.rollout(models, self._scratch, states, controls, nstep=self.frame_skip,
+                                  initial_warmstart=cold_start, state=substeps, skip_checks=True,
+                                  chunk_size=max(1, members.size // (4 * self.num_threads)))
+        # Rollout stops a member at any MuJoCo warning (a reset of a diverged state, a NaN
+        # control, a full contact buffer) and repeats its last state, so its clock stalls or
+        # restarts; those members, and any that ended non-finite, are stepped again below by the
+        # single env's code, which decides stability exactly as a single env does.
+        clocks = np.concatenate([states[:, :1], substeps[:, :, 0]], axis=1)
+        clean = (np.diff(clocks, axis=1) > 0).all(axis=1) & np.isfinite(substeps[:, -1]).all(axis=1)
+        redo, redo_from = members[~clean], states[~clean].copy()
+        if everyone:
+            states[:] = substeps[:, -1]
+        else:
+            self._states[members] = substeps[:, -1]
+        self._stable[:] = True
+        for i, state in zip(redo, redo_from, strict=True):
+            self._stable[i] = self._step_like_single_env(i, state)
+
+    def _step_like_single_env(self, i: int, state: np.ndarray) -> bool:
+        """Step member i from `state` with its own MjData, exactly as `LocomotionEnv.step` does."""
+        env = self.envs[i]
+        mujoco.mj_setState(env.model, env.data, state, _STATE)
+        env.data.ctrl[:] = self._actions[i]
+        stable = simulate(env.model, env.data, self.frame_skip, env.warning_counts, env.warmstart)
+        mujoco.mj_getState(env.model, env.data, self._states[i], _STATE)
+        qpos, qvel = self.qpos[i], self.qvel[i]
+        return stable and math.isfinite(qpos @ qpos + qvel @ qvel)
 
     def close(self) -> None:
-        """Stop the thread pool and free the members."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        """Stop the rollout threads and free the members."""
+        if self._rollout.rollout_ is not None:
+            self._rollout.close()
         for env in self.envs:
             env.close()
 

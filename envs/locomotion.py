@@ -131,7 +131,8 @@ class LocomotionEnv(gym.Env):
 
         self.model = build_model(self.spec_robot, width, height)
         self.data = mujoco.MjData(self.model)
-        self.warning_counts = self.data.warning.number  # a live view into MjData
+        self.warning_counts = self.data.warning.number  # live views into MjData
+        self.warmstart = self.data.qacc_warmstart
         self.frame_skip = self.spec_robot.frame_skip
         self.dt = self.model.opt.timestep * self.frame_skip
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
@@ -229,7 +230,7 @@ class LocomotionEnv(gym.Env):
         data = self.data
         xy_before = data.qpos[: self._root_xy].copy()
         data.ctrl[:] = action
-        stable = simulate(self.model, data, self.frame_skip, self.warning_counts)
+        stable = simulate(self.model, data, self.frame_skip, self.warning_counts, self.warmstart)
         qpos, qvel = data.qpos, data.qvel
         if not (stable and math.isfinite(qpos @ qpos + qvel @ qvel)):  # NaN or inf anywhere
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)
@@ -285,14 +286,23 @@ def clip_action(action: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.n
     return np.minimum(np.maximum(action, low, out=out), high, out=out)
 
 
-def simulate(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, warning_counts: np.ndarray) -> bool:
+def simulate(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, warning_counts: np.ndarray,
+             warmstart: np.ndarray) -> bool:
     """Advance `frame_skip` physics steps; False if MuJoCo found a bad state or control.
 
+    Every env step starts the constraint solver cold (`warmstart`, the live view
+    `data.qacc_warmstart`, is zeroed), so an env step is a function of the physical state
+    (`mjSTATE_FULLPHYSICS`) and the action alone: a restored state steps exactly as the original,
+    and the batched env, which steps states through `mujoco.rollout`, matches bit for bit. The
+    solver converges either way; a cold start cost 0-3% more time per step (measured per robot).
+
     MuJoCo resets a diverged state itself (and ignores a NaN control) and counts a warning, so a
-    new warning is how a blow-up or a NaN action shows. `warning_counts` is
-    `data.warning.number` (a live view), passed in so the hot loop does not rebuild it. Callers
-    also check the final state is finite.
+    warning is how a blow-up or a NaN action shows. The four counters are zeroed before every step
+    (MuJoCo's reset zeroes them too, so counting on from an old total could miss a repeat).
+    `warning_counts` is `data.warning.number` (a live view), passed in so the hot loop does not
+    rebuild it. Callers also check the final state is finite.
     """
-    before = warning_counts[_BAD_COUNTERS].tobytes()
+    warning_counts[_BAD_COUNTERS] = 0
+    warmstart.fill(0.0)
     mujoco.mj_step(model, data, nstep=frame_skip)
-    return warning_counts[_BAD_COUNTERS].tobytes() == before
+    return not warning_counts[_BAD_COUNTERS].any()

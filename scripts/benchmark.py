@@ -126,7 +126,13 @@ def bench_task_switch(robot: str, repeats: int) -> dict[str, float]:
 
 
 def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]:
-    """Our sampler vs Gymnasium's SyncVectorEnv loop, same policy (one batched forward a step)."""
+    """Our sampler vs Gymnasium's SyncVectorEnv loop, same policy (one batched forward a step), and
+    both against the physics limit measured in the same repeats (the VM's speed drifts by tens of
+    percent within minutes, so a limit measured earlier would skew the ratio either way).
+
+    Limits: one thread's raw frame_skip x mj_step (times two cores), and two threads stepping raw
+    physics at once (what the two cores really give). Ratios are medians of per-repeat ratios.
+    """
     import torch
 
     from agents.policy import GaussianMLPPolicy
@@ -137,6 +143,8 @@ def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]
     policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, (64, 64))
     tasks = [Task()] * num_envs
     vector = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_IDS["cheetah"]) for _ in range(num_envs)])
+    raw_env = LocomotionEnv("cheetah")
+    raw_actions = np.random.default_rng(0).uniform(-1, 1, (2000, raw_env.model.nu))
 
     def ours() -> float:
         before = sampler.env_steps
@@ -154,9 +162,22 @@ def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]
             obs, *_ = vector.step(action)
         return num_envs * horizon / (time.perf_counter() - start)
 
+    def one_thread_raw() -> float:
+        raw_env.reset(seed=0)
+        return raw_steps_per_second(raw_env.model, raw_env.data, raw_env.frame_skip, raw_actions)
+
     ours()  # builds the batch once, as any real use does
-    result = median_of(repeats, {"ours": ours, "gymnasium_loop": gym_loop})
-    result["ours_over_gymnasium"] = result["ours"] / result["gymnasium_loop"]
+    samples: dict[str, list[float]] = {"ours": [], "gymnasium_loop": [], "one_thread_raw": [], "two_thread_raw": []}
+    for _ in range(repeats):
+        samples["ours"].append(ours())
+        samples["gymnasium_loop"].append(gym_loop())
+        samples["one_thread_raw"].append(one_thread_raw())
+        samples["two_thread_raw"].append(threaded_raw_steps_per_second("cheetah", 2, len(raw_actions)))
+    result = {name: statistics.median(values) for name, values in samples.items()}
+    per_repeat = list(zip(*samples.values(), strict=True))
+    result["ours_over_gymnasium"] = statistics.median(o / g for o, g, _, _ in per_repeat)
+    result["ours_over_two_core_limit"] = statistics.median(o / (2 * r1) for o, _, r1, _ in per_repeat)
+    result["ours_over_measured_limit"] = statistics.median(o / r2 for o, _, _, r2 in per_repeat)
     return result
 
 
@@ -222,16 +243,18 @@ def to_markdown(results: dict) -> str:
         lines.append(f"| {robot} | {row['set_task_reset_s'] * 1e3:.3f} ms | {row['recompile_s'] * 1e3:.2f} ms"
                      f" | {row['speedup']:.0f}x |")
     lines += ["", "## Sampler (cheetah, flat, 64x64 policy; env steps/s incl. the policy, medians)", "",
-              "| envs | ours | Gymnasium SyncVectorEnv loop | ours/Gymnasium | ours / 2-core physics limit |"
-              " ours / measured 2-thread limit | peak MiB |", "|---:|---:|---:|---:|---:|---:|---:|"]
+              "Limits measured in the same repeats: one thread's raw frame_skip x mj_step (the 2-core limit is"
+              " twice that) and two threads stepping raw physics at once. Ratios: medians of per-repeat ratios.", "",
+              "| envs | ours | Gymnasium SyncVectorEnv loop | ours/Gymnasium | 1-thread raw | 2-thread raw"
+              " | ours / 2-core limit | ours / 2-thread raw | peak MiB |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, row in results["sampler"].items():
         lines.append(f"| {n} | {row['ours']:,.0f} | {row['gymnasium_loop']:,.0f} | {row['ours_over_gymnasium']:.2f} | "
+                     f"{row['one_thread_raw']:,.0f} | {row['two_thread_raw']:,.0f} | "
                      f"{row['ours_over_two_core_limit']:.2f} | {row['ours_over_measured_limit']:.2f} | "
                      f"{row['peak_mb']:.0f} |")
     meta = results["meta_iteration"]
-    lines += ["", f"2-core physics limit: 2 x {results['env_steps']['cheetah/flat']['raw_limit']:,.0f} env steps/s "
-              "(single-thread raw frame_skip x mj_step, times two cores); measured 2-thread limit: "
-              f"{results['two_thread_raw_limit']:,.0f} env steps/s (two threads stepping raw physics at once).", "",
+    lines += ["",
               f"## One MAML-TRPO meta-iteration ({meta['tasks']} tasks x {meta['episodes_per_task']} episodes, "
               f"{meta['env_steps']:,} env steps): {meta['wall_s']:.1f} s, peak {meta['peak_mb']:.0f} MiB", "",
               "| part | seconds | share |", "|---|---:|---:|"]
@@ -263,16 +286,10 @@ def main() -> None:
         print(f"{robot:9s} task switch {row['set_task_reset_s'] * 1e3:.3f} ms vs recompile "
               f"{row['recompile_s'] * 1e3:.2f} ms ({row['speedup']:.0f}x)", flush=True)
     results["peak_memory_mb"] = peak_memory_mb()
-    limit = 2 * results["env_steps"]["cheetah/flat"]["raw_limit"]
-    measured_limit = statistics.median(threaded_raw_steps_per_second("cheetah", 2, n_steps) for _ in range(repeats))
-    results["two_thread_raw_limit"] = measured_limit
-    print(f"raw physics on 2 threads: {measured_limit:,.0f}/s ({measured_limit / limit * 2:.2f}x one thread)",
-          flush=True)
     results["sampler"] = {}
     for num_envs in (1, 8, 64):
         row, peak = isolated(bench_sampler, num_envs, 100 if args.quick else 200, repeats)
-        row |= {"ours_over_two_core_limit": row["ours"] / limit,
-                "ours_over_measured_limit": row["ours"] / measured_limit, "peak_mb": peak}
+        row["peak_mb"] = peak
         results["sampler"][num_envs] = row
         print(f"sampler {num_envs:3d} envs: ours {row['ours']:8,.0f}/s  gymnasium loop {row['gymnasium_loop']:8,.0f}/s"
               f"  ratio {row['ours_over_gymnasium']:.2f}  of 2-core limit {row['ours_over_two_core_limit']:.2f}"

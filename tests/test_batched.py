@@ -76,3 +76,31 @@ def test_a_non_finite_action_marks_only_its_member_unstable() -> None:
     obs, reward, terminated, _, info = batch.step(actions)
     assert info["physics_unstable"].tolist() == [False, True, False]
     assert terminated[1] and reward[1] == 0.0 and np.isfinite(obs).all()
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_members_that_blow_up_or_get_nan_actions_match_single_envs(num_threads: int) -> None:
+    # MuJoCo stops a rollout at a warning; such members are stepped again by the single env's code.
+    def make_unstable(env: LocomotionEnv) -> None:
+        env.model.actuator_gear[:, 0] *= 1e4  # diverges on the first step; MuJoCo resets the state
+
+    batch = BatchedEnv("cheetah", 3, num_threads=num_threads)
+    make_unstable(batch.envs[1])
+    seeds = [3, 4, 5]
+    batch.reset(seeds)
+    actions = np.random.default_rng(1).uniform(-1, 1, (4, 3, 6))
+    actions[2, 2, 3] = np.nan
+    results = [batch.step(step_actions) for step_actions in actions]
+    for i in range(3):
+        env = LocomotionEnv("cheetah")
+        if i == 1:
+            make_unstable(env)
+        env.reset(seed=seeds[i])
+        for t, (obs, reward, terminated, _, info) in enumerate(results):
+            single_obs, single_reward, single_terminated, _, single_info = env.step(actions[t, i])
+            assert np.array_equal(obs[i], single_obs), f"member {i} obs differs at step {t}"
+            assert reward[i] == single_reward and terminated[i] == single_terminated
+            assert info["physics_unstable"][i] == single_info["physics_unstable"]
+    unstable = np.array([r[4]["physics_unstable"] for r in results])  # [step, member]
+    assert not unstable[:, 0].any() and unstable[:, 1].any()  # both paths of the batch were taken
+    assert unstable[:, 2].tolist() == [False, False, True, False]

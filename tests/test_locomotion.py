@@ -179,6 +179,36 @@ def test_non_finite_state_ends_the_episode_without_raising() -> None:
     assert info["physics_unstable"] is False
 
 
+def test_every_blow_up_is_flagged_even_a_repeated_one() -> None:
+    # MuJoCo zeroes its warning counters when it resets a diverged state; a second identical
+    # blow-up must still count (the counters are zeroed before every step, not compared to a total).
+    env = make("cheetah").unwrapped
+    env.reset(seed=0)
+    for _ in range(2):  # stepping on without a reset, as a caller ignoring `terminated` would
+        env.data.qvel[:] = 1e30
+        _, _, terminated, _, info = env.step(np.zeros(6))
+        assert info["physics_unstable"] is True and terminated
+
+
+@pytest.mark.parametrize("robot", ROBOTS)
+def test_a_step_depends_only_on_the_saved_physical_state_and_the_action(robot: str) -> None:
+    # Each env step starts the solver cold, so a state restored into another env steps identically
+    # (what lets the batched env step states through mujoco.rollout and still match bit for bit).
+    task = Task(Terrain("rough", 0.6, 2))
+    actions = np.random.default_rng(3).uniform(-1, 1, (30, *make(robot).action_space.shape))
+    original, restored = make(robot, task=task).unwrapped, make(robot, task=task).unwrapped
+    original.reset(seed=1)
+    restored.reset(seed=2)
+    for action in actions[:10]:
+        original.step(action)
+    kind = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    saved = np.zeros(mujoco.mj_stateSize(original.model, kind))
+    mujoco.mj_getState(original.model, original.data, saved, kind)
+    mujoco.mj_setState(restored.model, restored.data, saved, kind)
+    for action in actions[10:]:
+        assert np.array_equal(original.step(action)[0], restored.step(action)[0])
+
+
 def test_leaving_the_course_truncates() -> None:
     env = make("cheetah")
     env.reset(seed=0)
