@@ -12,7 +12,6 @@ its saved state by the single env's own code.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
@@ -152,8 +151,8 @@ class BatchedEnv:
                                   chunk_size=max(1, members.size // (4 * self.num_threads)))
         # Rollout stops a member at any MuJoCo warning (a reset of a diverged state, a NaN
         # control, a full contact buffer) and repeats its last state, so its clock stalls or
-        # restarts; those members, and any that ended non-finite, are stepped again below by the
-        # single env's code, which decides stability exactly as a single env does.
+        # restarts; those members (and, defensively, any that ended non-finite) are stepped again
+        # below by the single env's code, which decides stability exactly as a single env does.
         clocks = np.concatenate([states[:, :1], substeps[:, :, 0]], axis=1)
         clean = (np.diff(clocks, axis=1) > 0).all(axis=1) & np.isfinite(substeps[:, -1]).all(axis=1)
         redo, redo_from = members[~clean], states[~clean].copy()
@@ -172,8 +171,7 @@ class BatchedEnv:
         env.data.ctrl[:] = self._actions[i]
         stable = simulate(env.model, env.data, self.frame_skip, env.warning_counts, env.warmstart)
         mujoco.mj_getState(env.model, env.data, self._states[i], _STATE)
-        qpos, qvel = self.qpos[i], self.qvel[i]
-        return stable and math.isfinite(qpos @ qpos + qvel @ qvel)
+        return stable
 
     def close(self) -> None:
         """Stop the rollout threads and free the members."""

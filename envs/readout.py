@@ -48,6 +48,12 @@ def goal_arrays(target_velocity: float | None, direction: float) -> tuple[np.nda
     return heading, target, goal_obs
 
 
+def column(values: np.ndarray, index: int) -> np.ndarray:
+    """`values[..., index]`: [B] for a batch, a numpy scalar for one robot (`values[..., index]`
+    would give a 0-d array there, and arithmetic on those costs several times more)."""
+    return values[index] if values.ndim == 1 else values[:, index]
+
+
 def constant(batch_shape: tuple[int, ...], value: float | bool) -> np.ndarray | float | bool:
     """`value` for every robot of a batch ([B] array), or the plain value for one robot (shape ())."""
     return np.full(batch_shape, value) if batch_shape else value
@@ -130,7 +136,7 @@ class Readout:
         else:
             if ground is None:
                 ground = self.ground_under(heights, qpos)
-            parts = [(qpos[..., self.root] - ground)[..., None], qpos[..., self.root + 1:]]
+            parts = [(column(qpos, self.root) - ground)[..., None], qpos[..., self.root + 1:]]
         parts.append(np.minimum(np.maximum(qvel, -clip), clip))
         if self.height_scan:
             parts.append(self._scan(heights, qpos))
@@ -141,8 +147,8 @@ class Readout:
     def tilt(self, qpos: np.ndarray) -> np.ndarray:
         """Angle [B] between each torso's up axis and the world's, radians (planar: |pitch|)."""
         if self.robot.planar:
-            return np.abs(qpos[..., 2])
-        qx, qy = qpos[..., 4], qpos[..., 5]
+            return np.abs(column(qpos, 2))
+        qx, qy = column(qpos, 4), column(qpos, 5)
         return np.arccos(np.clip(1.0 - 2.0 * (qx * qx + qy * qy), -1.0, 1.0))
 
     def healthy(self, qpos: np.ndarray, ground: np.ndarray | None) -> np.ndarray | None:
@@ -150,7 +156,7 @@ class Readout:
         robot = self.robot
         if robot.healthy_z is None:
             return None
-        z = qpos[..., self.root] if ground is None else qpos[..., self.root] - ground
+        z = column(qpos, self.root) if ground is None else column(qpos, self.root) - ground
         ok = (robot.healthy_z[0] <= z) & (z <= robot.healthy_z[1])
         if robot.max_tilt is not None:
             ok &= self.tilt(qpos) <= robot.max_tilt
@@ -158,10 +164,10 @@ class Readout:
 
     def out_of_course(self, qpos: np.ndarray) -> np.ndarray:
         """Bool [B]: the torso is within 2 m of the heightfield's edge (parts would hang over it)."""
-        x = qpos[..., 0]
+        x = column(qpos, 0)
         outside = (x < self.course_x[0]) | (x > self.course_x[1])
         if not self.robot.planar:
-            outside |= np.abs(qpos[..., 1]) > self.course_half_width
+            outside |= np.abs(column(qpos, 1)) > self.course_half_width
         return outside
 
     def step(self, xy_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
@@ -184,14 +190,14 @@ class Readout:
         """
         robot = self.robot
         if self.root == 1:
-            forward_velocity = (qpos[..., 0] - xy_before[..., 0]) / self.dt * heading[..., 0]
+            forward_velocity = (column(qpos, 0) - column(xy_before, 0)) / self.dt * column(heading, 0)
         else:
             forward_velocity = ((qpos[..., :2] - xy_before) / self.dt * heading).sum(axis=-1)
         if target is None:
             reward_forward = forward_velocity
         else:
             reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
-        reward_ctrl = (action * action).sum(axis=-1) * -robot.ctrl_cost_weight
+        reward_ctrl = np.vecdot(action, action) * -robot.ctrl_cost_weight  # same loop for [B, nu] and [nu]
         ground = self.ground_under(heights, qpos)
         healthy = self.healthy(qpos, ground)
         batch_shape = qpos.shape[:-1]
