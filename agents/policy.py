@@ -59,6 +59,11 @@ class GaussianMLPPolicy(nn.Module):
         with a batch of parameter sets (one per task).
         """
         params = self.parameters_dict() if params is None else params
+        mean = self.mean(obs, params)
+        return mean, self.std(params).expand_as(mean)
+
+    def mean(self, obs: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Action mean [..., act_dim] under `params`."""
         x = obs
         n_linear = len(self.hidden_sizes) + 1
         for index in range(n_linear):
@@ -66,8 +71,11 @@ class GaussianMLPPolicy(nn.Module):
             x = F.linear(x, params[f"mean_net.{layer}.weight"], params[f"mean_net.{layer}.bias"])
             if index < n_linear - 1:
                 x = torch.tanh(x)
-        std = params["log_std"].clamp(min=self.min_log_std).exp().expand_as(x)
-        return x, std
+        return x
+
+    def std(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Standard deviation [act_dim] under `params` (state-independent)."""
+        return params["log_std"].clamp(min=self.min_log_std).exp()
 
     def forward(self, obs: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> Independent:
         """Action distribution for `obs` (shape [..., obs_dim]) under `params` (default: own)."""

@@ -89,7 +89,7 @@ class Sampler:
         env = self._env(batch_size)
         env.set_tasks([task for task in tasks for _ in range(per_task)])
         env_seeds = np.random.SeedSequence(seed).generate_state(batch_size).tolist()
-        noise = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(int(seed))
 
         horizon = self.horizon
         observations = np.zeros((horizon, batch_size, self.obs_dim), dtype=np.float32)
@@ -100,7 +100,9 @@ class Sampler:
         unstable = np.zeros(batch_size, dtype=bool)
         done = np.zeros(batch_size, dtype=bool)
 
-        act = _batched_actor(policy, params, n_tasks, per_task)
+        mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
+        # All the action noise at once (one call instead of one a step); unused rows cost nothing.
+        noise = None if deterministic else torch.randn((horizon, batch_size, self.act_dim), generator=generator)
         obs = env.reset(env_seeds)
         root = env.readout.root
         xy_start = env.qpos[:, :root].copy()
@@ -108,8 +110,8 @@ class Sampler:
             observations[t] = obs
             started = time.perf_counter()
             with torch.no_grad():
-                mean, std = act(torch.from_numpy(observations[t]))
-                action = mean if deterministic else mean + std * torch.randn(mean.shape, generator=noise)
+                mean = mean_of(torch.from_numpy(observations[t]))
+                action = mean if noise is None else mean + std * noise[t]
             actions[t] = action.numpy()
             mask[t] = ~done
             stepped = time.perf_counter()
@@ -147,16 +149,18 @@ class Sampler:
 
 
 def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int):
-    """obs [B, obs_dim] -> (mean, std) [B, act_dim], each task's rows under its own parameters."""
-    if not isinstance(params, Sequence):
-        # Looked up once, not every step (the tensors are shared, so this is still the live policy).
-        own = policy.parameters_dict() if params is None else dict(params)
-        return lambda obs: policy.mean_and_std(obs, own)
-    stacked: Params = {name: torch.stack([p[name].detach() for p in params]) for name in params[0]}
-    per_task_forward = vmap(policy.mean_and_std, in_dims=(0, 0))
+    """(obs [B, obs_dim] -> mean [B, act_dim], std [B or 1, act_dim]): each task's rows under its
+    own parameters. The std does not depend on the observation, so it is computed once here."""
+    with torch.no_grad():
+        if not isinstance(params, Sequence):
+            # Looked up once, not every step (the tensors are shared, so this is still the live policy).
+            own = policy.parameters_dict() if params is None else dict(params)
+            return (lambda obs: policy.mean(obs, own)), policy.std(own)[None]
+        stacked: Params = {name: torch.stack([p[name].detach() for p in params]) for name in params[0]}
+        std = vmap(policy.std)(stacked).repeat_interleave(per_task, dim=0)
+    per_task_mean = vmap(policy.mean, in_dims=(0, 0))
 
-    def act(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = per_task_forward(obs.reshape(n_tasks, per_task, -1), stacked)
-        return mean.reshape(n_tasks * per_task, -1), std.reshape(n_tasks * per_task, -1)
+    def mean_of(obs: torch.Tensor) -> torch.Tensor:
+        return per_task_mean(obs.reshape(n_tasks, per_task, -1), stacked).reshape(n_tasks * per_task, -1)
 
-    return act
+    return mean_of, std

@@ -62,6 +62,9 @@ class BatchedEnv:
         self._substeps = np.zeros((num_envs, self.frame_skip, nstate))  # rollout's output
         self._controls = np.zeros((num_envs, self.frame_skip, model.nu))
         self._cold_start = np.zeros((num_envs, nv))  # every env step starts the solver cold
+        # A member's clock advances frame_skip timesteps in a full step; half a timestep less is a
+        # threshold no rounding can cross.
+        self._clock_margin = (self.frame_skip - 0.5) * model.opt.timestep
         # Views of the state rows (valid for the batch's life: the arrays are never replaced).
         self.qpos = self._states[:, 1:1 + nq]
         self.qvel = self._states[:, 1 + nq:1 + nq + nv]
@@ -136,33 +139,38 @@ class BatchedEnv:
     def _simulate(self) -> None:
         """Step the active members' states frame_skip physics steps; sets `_stable`."""
         self._controls[:] = self._actions[:, None, :]
-        members = np.flatnonzero(self._active)
-        everyone = members.size == self.num_envs
+        everyone = self._active.all()
         if everyone:  # the common case: rollout reads and writes the batch's arrays in place
+            members = None
             states, controls, substeps = self._states, self._controls, self._substeps
             models, cold_start = self._models, self._cold_start
         else:
+            members = np.flatnonzero(self._active)
+            if not members.size:
+                return
             states, controls = self._states[members], self._controls[members]
             substeps, cold_start = self._substeps[members], self._cold_start[members]
             models = [self._models[i] for i in members]
-        if members.size:  # chunks of a quarter of each thread's share: a stalled thread's work moves on
-            self._rollout.rollout(models, self._scratch, states, controls, nstep=self.frame_skip,
-                                  initial_warmstart=cold_start, state=substeps, skip_checks=True,
-                                  chunk_size=max(1, members.size // (4 * self.num_threads)))
+        n = len(models)  # chunks of a quarter of each thread's share: a stalled thread's work moves on
+        self._rollout.rollout(models, self._scratch, states, controls, nstep=self.frame_skip,
+                              initial_warmstart=cold_start, state=substeps, skip_checks=True,
+                              chunk_size=max(1, n // (4 * self.num_threads)))
         # Rollout stops a member at any MuJoCo warning (a reset of a diverged state, a NaN
-        # control, a full contact buffer) and repeats its last state, so its clock stalls or
-        # restarts; those members (and, defensively, any that ended non-finite) are stepped again
-        # below by the single env's code, which decides stability exactly as a single env does.
-        clocks = np.concatenate([states[:, :1], substeps[:, :, 0]], axis=1)
-        clean = (np.diff(clocks, axis=1) > 0).all(axis=1) & np.isfinite(substeps[:, -1]).all(axis=1)
-        redo, redo_from = members[~clean], states[~clean].copy()
+        # control, a full contact buffer) and repeats its last state from then on, so its clock
+        # ends short of frame_skip substeps; such members are stepped again below by the single
+        # env's code, which decides stability exactly as a single env does.
+        clean = substeps[:, -1, 0] > states[:, 0] + self._clock_margin
+        stalled = None if clean.all() else np.flatnonzero(~clean)
+        redo_from = None if stalled is None else states[stalled].copy()
         if everyone:
             states[:] = substeps[:, -1]
         else:
             self._states[members] = substeps[:, -1]
         self._stable[:] = True
-        for i, state in zip(redo, redo_from, strict=True):
-            self._stable[i] = self._step_like_single_env(i, state)
+        if stalled is not None:
+            for row, state in zip(stalled, redo_from, strict=True):
+                i = row if members is None else members[row]
+                self._stable[i] = self._step_like_single_env(i, state)
 
     def _step_like_single_env(self, i: int, state: np.ndarray) -> bool:
         """Step member i from `state` with its own MjData, exactly as `LocomotionEnv.step` does."""

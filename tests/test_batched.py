@@ -104,3 +104,27 @@ def test_members_that_blow_up_or_get_nan_actions_match_single_envs(num_threads: 
     unstable = np.array([r[4]["physics_unstable"] for r in results])  # [step, member]
     assert not unstable[:, 0].any() and unstable[:, 1].any()  # both paths of the batch were taken
     assert unstable[:, 2].tolist() == [False, False, True, False]
+
+
+def test_inactive_members_are_skipped_and_the_rest_still_match_single_envs() -> None:
+    batch = BatchedEnv("cheetah", 4, num_threads=2)
+    batch.envs[3].model.actuator_gear[:, 0] *= 1e4  # blows up: stepped again by the single env's code
+    seeds = [0, 1, 2, 3]
+    batch.reset(seeds)
+    frozen = batch.qpos[0].copy()
+    actions = np.random.default_rng(2).uniform(-1, 1, (5, 4, 6))
+    actions[1, 2, 0] = np.nan
+    active = np.array([False, True, True, True])
+    results = [batch.step(step_actions, active=active) for step_actions in actions]
+    assert np.array_equal(batch.qpos[0], frozen)
+    for i in (1, 2, 3):
+        env = LocomotionEnv("cheetah")
+        if i == 3:
+            env.model.actuator_gear[:, 0] *= 1e4
+        env.reset(seed=seeds[i])
+        for t, (obs, reward, _, _, info) in enumerate(results):
+            single_obs, single_reward, _, _, single_info = env.step(actions[t, i])
+            assert np.array_equal(obs[i], single_obs) and reward[i] == single_reward
+            assert info["physics_unstable"][i] == single_info["physics_unstable"]
+    unstable = np.array([r[4]["physics_unstable"] for r in results])
+    assert unstable[1, 2] and unstable[:, 3].any()
