@@ -101,8 +101,10 @@ class Sampler:
         done = np.zeros(batch_size, dtype=bool)
 
         mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
-        # All the action noise at once (one call instead of one a step); unused rows cost nothing.
-        noise = None if deterministic else torch.randn((horizon, batch_size, self.act_dim), generator=generator)
+        # All the action noise at once, already scaled by the (state-independent) std: one call,
+        # not one a step; rows of steps never reached cost nothing else.
+        noise = None if deterministic else (
+            std * torch.randn((horizon, batch_size, self.act_dim), generator=generator)).numpy()
         obs = env.reset(env_seeds)
         root = env.readout.root
         xy_start = env.qpos[:, :root].copy()
@@ -110,18 +112,21 @@ class Sampler:
             observations[t] = obs
             started = time.perf_counter()
             with torch.no_grad():
-                mean = mean_of(torch.from_numpy(observations[t]))
-                action = mean if noise is None else mean + std * noise[t]
-            actions[t] = action.numpy()
-            mask[t] = ~done
+                mean = mean_of(torch.from_numpy(observations[t])).numpy()
+            if noise is None:
+                actions[t] = mean
+            else:
+                np.add(mean, noise[t], out=actions[t])
+            alive = ~done
+            mask[t] = alive
             stepped = time.perf_counter()
-            obs, reward, term, trunc, info = env.step(actions[t], active=~done)
+            obs, reward, term, trunc, info = env.step(actions[t], active=alive)
             self.seconds["policy"] += stepped - started
             self.seconds["simulate"] += time.perf_counter() - stepped
-            rewards[t] = np.where(done, 0.0, reward)
-            terminated |= term & ~done
-            unstable |= info["physics_unstable"] & ~done
-            self.env_steps += int((~done).sum())
+            rewards[t] = np.where(alive, reward, 0.0)
+            terminated |= term & alive
+            unstable |= info["physics_unstable"] & alive
+            self.env_steps += int(alive.sum())
             done |= term | trunc
             if done.all():
                 break
