@@ -177,7 +177,7 @@ class BatchedEnv:
         env = self.envs[i]
         mujoco.mj_setState(env.model, env.data, state, _STATE)
         env.data.ctrl[:] = self._actions[i]
-        stable = simulate(env.model, env.data, self.frame_skip, env.warning_counts, env.warmstart)
+        stable = simulate(env.model, env.data, self.frame_skip, env.bad_warnings, env.warmstart)
         mujoco.mj_getState(env.model, env.data, self._states[i], _STATE)
         return stable
 
