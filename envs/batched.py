@@ -4,10 +4,10 @@ Each member is a full `LocomotionEnv` (its own compiled model, so each can hold 
 The batch keeps every member's physical state in one array and steps them all with one call to
 `mujoco.rollout` (C++ threads, the GIL released once per step rather than once per member),
 then computes every observation and reward in one vectorised `Readout` call. Member i of a batch
-produces exactly the trajectory a single env would, given the same task, seed and actions: both
-start each env step's solver cold, so a step depends only on the state and the action, and a
-member whose rollout stopped early (MuJoCo stops a rollout at any warning) is stepped again from
-its saved state by the single env's own code.
+produces exactly the trajectory a single env would, given the same task, seed and actions: the
+models run without MuJoCo's solver warm start, so a step depends only on the state and the
+action, and a member whose rollout stopped early (MuJoCo stops a rollout at any warning) is
+stepped again from its saved state by the single env's own code.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class BatchedEnv:
         self._states = np.zeros((num_envs, nstate))  # every member's physical state, one row each
         self._substeps = np.zeros((num_envs, self.frame_skip, nstate))  # rollout's output
         self._controls = np.zeros((num_envs, self.frame_skip, model.nu))
-        self._cold_start = np.zeros((num_envs, nv))  # every env step starts the solver cold
         # A member's clock advances frame_skip timesteps in a full step; half a timestep less is a
         # threshold no rounding can cross.
         self._clock_margin = (self.frame_skip - 0.5) * model.opt.timestep
@@ -143,17 +142,17 @@ class BatchedEnv:
         if everyone:  # the common case: rollout reads and writes the batch's arrays in place
             members = None
             states, controls, substeps = self._states, self._controls, self._substeps
-            models, cold_start = self._models, self._cold_start
+            models = self._models
         else:
             members = np.flatnonzero(self._active)
             if not members.size:
                 return
             states, controls = self._states[members], self._controls[members]
-            substeps, cold_start = self._substeps[members], self._cold_start[members]
+            substeps = self._substeps[members]
             models = [self._models[i] for i in members]
         n = len(models)  # chunks of a quarter of each thread's share: a stalled thread's work moves on
         self._rollout.rollout(models, self._scratch, states, controls, nstep=self.frame_skip,
-                              initial_warmstart=cold_start, state=substeps, skip_checks=True,
+                              state=substeps, skip_checks=True,
                               chunk_size=max(1, n // (4 * self.num_threads)))
         # Rollout stops a member at any MuJoCo warning (a reset of a diverged state, a NaN
         # control, a full contact buffer) and repeats its last state from then on, so its clock
@@ -177,7 +176,7 @@ class BatchedEnv:
         env = self.envs[i]
         mujoco.mj_setState(env.model, env.data, state, _STATE)
         env.data.ctrl[:] = self._actions[i]
-        stable = simulate(env.model, env.data, self.frame_skip, env.bad_warnings, env.warmstart)
+        stable = simulate(env.model, env.data, self.frame_skip, env.bad_warnings)
         mujoco.mj_getState(env.model, env.data, self._states[i], _STATE)
         return stable
 
