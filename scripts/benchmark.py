@@ -73,12 +73,19 @@ def threaded_raw_steps_per_second(robot: str, n_threads: int, n_steps: int) -> f
 
 
 def median_of(repeats: int, contenders: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Median of each contender's figure, running them interleaved `repeats` times."""
+    """Median of each contender's figure, running them interleaved `repeats` times; also, for
+    every pair, the median of the per-repeat ratios under "a_over_b" (robust to the machine
+    drifting between repeats, since both figures of a ratio come from the same repeat)."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, run in contenders.items():
             samples[name].append(run())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    result = {name: statistics.median(values) for name, values in samples.items()}
+    for a in contenders:
+        for b in contenders:
+            if a != b:
+                result[f"{a}_over_{b}"] = statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+    return result
 
 
 def bench_env_steps(robot: str, terrain: str, n_steps: int, repeats: int) -> dict[str, float]:
@@ -94,8 +101,7 @@ def bench_env_steps(robot: str, terrain: str, n_steps: int, repeats: int) -> dic
         "gymnasium": lambda: steps_per_second(peer, peer_actions),
         "raw_limit": lambda: raw_steps_per_second(raw_env.model, raw_env.data, raw_env.frame_skip, actions),
     })
-    result["ours_over_gymnasium"] = result["ours"] / result["gymnasium"]
-    result["ours_over_limit"] = result["ours"] / result["raw_limit"]
+    result["ours_over_limit"] = result["ours_over_raw_limit"]
     return result
 
 
@@ -121,7 +127,7 @@ def bench_task_switch(robot: str, repeats: int) -> dict[str, float]:
         return (time.perf_counter() - start) / len(tasks)
 
     result = median_of(repeats, {"set_task_reset_s": switch_in_place, "recompile_s": recompile})
-    result["speedup"] = result["recompile_s"] / result["set_task_reset_s"]
+    result["speedup"] = result["recompile_s_over_set_task_reset_s"]
     return result
 
 
@@ -167,17 +173,13 @@ def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]
         return raw_steps_per_second(raw_env.model, raw_env.data, raw_env.frame_skip, raw_actions)
 
     ours()  # builds the batch once, as any real use does
-    samples: dict[str, list[float]] = {"ours": [], "gymnasium_loop": [], "one_thread_raw": [], "two_thread_raw": []}
-    for _ in range(repeats):
-        samples["ours"].append(ours())
-        samples["gymnasium_loop"].append(gym_loop())
-        samples["one_thread_raw"].append(one_thread_raw())
-        samples["two_thread_raw"].append(threaded_raw_steps_per_second("cheetah", 2, len(raw_actions)))
-    result = {name: statistics.median(values) for name, values in samples.items()}
-    per_repeat = list(zip(*samples.values(), strict=True))
-    result["ours_over_gymnasium"] = statistics.median(o / g for o, g, _, _ in per_repeat)
-    result["ours_over_two_core_limit"] = statistics.median(o / (2 * r1) for o, _, r1, _ in per_repeat)
-    result["ours_over_measured_limit"] = statistics.median(o / r2 for o, _, _, r2 in per_repeat)
+    result = median_of(repeats, {
+        "ours": ours, "gymnasium_loop": gym_loop, "one_thread_raw": one_thread_raw,
+        "two_thread_raw": lambda: threaded_raw_steps_per_second("cheetah", 2, len(raw_actions)),
+    })
+    result["ours_over_gymnasium"] = result["ours_over_gymnasium_loop"]
+    result["ours_over_two_core_limit"] = result["ours_over_one_thread_raw"] / 2
+    result["ours_over_measured_limit"] = result["ours_over_two_thread_raw"]
     return result
 
 
@@ -230,14 +232,14 @@ def peak_memory_mb() -> float:
 def to_markdown(results: dict) -> str:
     """The benchmark's tables as Markdown."""
     lines = ["# MetaLoco benchmark", "", f"machine: {results['machine']}", "",
-             "## Env steps per second (single env, medians)", "",
+             "## Env steps per second (single env, medians; ratios: medians of per-repeat ratios)", "",
              "| robot | terrain | ours | Gymnasium | raw limit | ours/Gymnasium | ours/limit |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for key, row in results["env_steps"].items():
         robot, terrain = key.split("/")
         lines.append(f"| {robot} ({GYMNASIUM_PEERS[robot]}) | {terrain} | {row['ours']:,.0f} | {row['gymnasium']:,.0f}"
                      f" | {row['raw_limit']:,.0f} | {row['ours_over_gymnasium']:.2f} | {row['ours_over_limit']:.2f} |")
-    lines += ["", "## Task switch (seconds per switch, medians)", "",
+    lines += ["", "## Task switch (seconds per switch, medians; speed-up: median of per-repeat ratios)", "",
               "| robot | set_task + reset | recompile | speed-up |", "|---|---:|---:|---:|"]
     for robot, row in results["task_switch"].items():
         lines.append(f"| {robot} | {row['set_task_reset_s'] * 1e3:.3f} ms | {row['recompile_s'] * 1e3:.2f} ms"
