@@ -161,7 +161,6 @@ class LocomotionEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.readout.obs_dim,), np.float64)
         low, high = self.model.actuator_ctrlrange.T.copy()
         self.ctrl_low, self.ctrl_high = low, high
-        self._action = np.zeros(self.model.nu)
         self.action_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
 
         self._renderer: FrameRenderer | None = None
@@ -232,15 +231,15 @@ class LocomotionEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         """Advance frame_skip physics steps; reward parts and state go into `info`."""
-        # Clipped into a buffer reused every step (NaN passes through and is caught by MuJoCo).
+        # Clipped straight into MuJoCo's ctrl (NaN passes through and is caught by MuJoCo); a
+        # wrongly shaped action fails to broadcast before anything is written.
         try:
-            action = clip_action(action, self.ctrl_low, self.ctrl_high, out=self._action)
+            action = clip_action(action, self.ctrl_low, self.ctrl_high, out=self._ctrl)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"action: must be {self._action.size} numbers (shape ({self._action.size},)), "
+            raise ValueError(f"action: must be {self._ctrl.size} numbers (shape ({self._ctrl.size},)), "
                              f"got shape {np.shape(action)}") from error
         qpos, qvel = self._qpos, self._qvel
         xy_before = qpos[: self._root_xy].copy()
-        self._ctrl[:] = action
         stable = simulate(self.model, self.data, self.frame_skip, self.bad_warnings)
         if not stable:
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)

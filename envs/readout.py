@@ -91,6 +91,9 @@ class Readout:
         margin = 2.0  # out of course within 2 m of the heightfield's edge (parts would hang over it)
         self.course_x = (robot.grid.x_start + margin, robot.grid.x_end - margin)
         self.course_half_width = robot.grid.half_width - margin
+        # Read on every step, so looked up once here.
+        self._velocity_bounds = (-float(robot.velocity_clip), float(robot.velocity_clip))
+        self._ctrl_factor = -float(robot.ctrl_cost_weight)
         self.obs_dim = (nq - self.root + nv + (robot.n_scan if height_scan else 0)
                         + (GOAL_DIM if goal_in_obs else 0))
 
@@ -130,14 +133,14 @@ class Readout:
                 ground: np.ndarray | None = None) -> np.ndarray:
         """Observations [B, obs_dim] ([obs_dim] for one robot): height above ground, the rest of
         qpos, clipped qvel, extras."""
-        clip = self.robot.velocity_clip
+        low, high = self._velocity_bounds
         if heights is None:  # flat ground at height 0: qpos from the root height on is the obs
             parts = [qpos[..., self.root:]]
         else:
             if ground is None:
                 ground = self.ground_under(heights, qpos)
             parts = [(column(qpos, self.root) - ground)[..., None], qpos[..., self.root + 1:]]
-        parts.append(np.minimum(np.maximum(qvel, -clip), clip))
+        parts.append(np.minimum(np.maximum(qvel, low), high))
         if self.height_scan:
             parts.append(self._scan(heights, qpos))
         if self.goal_in_obs:
@@ -197,9 +200,9 @@ class Readout:
             reward_forward = forward_velocity
         else:
             reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
-        reward_ctrl = np.vecdot(action, action) * -robot.ctrl_cost_weight  # same loop for [B, nu] and [nu]
-        ground = self.ground_under(heights, qpos)
-        healthy = self.healthy(qpos, ground)
+        reward_ctrl = np.vecdot(action, action) * self._ctrl_factor  # same loop for [B, nu] and [nu]
+        ground = None if heights is None else self.ground_under(heights, qpos)
+        healthy = None if robot.healthy_z is None else self.healthy(qpos, ground)
         batch_shape = qpos.shape[:-1]
         if healthy is None:
             reward_healthy = constant(batch_shape, robot.healthy_reward)
