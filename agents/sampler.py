@@ -1,14 +1,22 @@
 """The one episode-collection path: tasks x episodes at once, one batched policy forward a step.
 
-All envs of a call run in one `envs.batched.BatchedEnv` (physics on every core); the policy
-evaluates every env's observation in a single call, each task with its own (possibly adapted)
-parameters through `torch.func.vmap`. Same seed, same episodes.
+A call's envs are split into two shards, each an `envs.batched.BatchedEnv` with its own batched
+policy forward (each task's rows under its own, possibly adapted, parameters through
+`torch.func.vmap`), and the two run on two threads without waiting for each other between steps:
+MuJoCo and torch release the GIL while they compute, so one shard's physics runs while the other's
+Python (readout, policy call) does. The split depends only on the tasks and episodes, never on the
+machine (more cores go to each shard's physics), and every env's reset seed and action noise are
+drawn for the whole call first: the same seed gives the same episodes on any machine.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +30,51 @@ from envs.tasks import Task
 ParamsArg = Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Some tasks' episodes, stepped together on one thread: rows `task * per_task + episode`."""
+
+    tasks: range
+    episodes: range
+
+    def rows(self, per_task: int) -> np.ndarray:
+        """Indices of this shard's envs in the call's task-major order."""
+        return np.array([t * per_task + e for t in self.tasks for e in self.episodes])
+
+
+#: Shards per call: enough to overlap one shard's Python with the other's physics on two cores;
+#: fixed so that the episodes never depend on the machine's core count.
+SHARDS = 2
+
+
+def plan_shards(n_tasks: int, per_task: int, n_shards: int = SHARDS) -> list[Shard]:
+    """Split tasks x episodes into at most `n_shards` near-equal shards: by episodes when every
+    shard can hold some episodes of every task (balanced whatever the tasks), else by tasks."""
+    if per_task >= n_shards or per_task >= n_tasks:
+        n = min(n_shards, per_task)
+        bounds = np.linspace(0, per_task, n + 1).astype(int)
+        return [Shard(range(n_tasks), range(lo, hi)) for lo, hi in itertools.pairwise(bounds.tolist())]
+    n = min(n_shards, n_tasks)
+    bounds = np.linspace(0, n_tasks, n + 1).astype(int)
+    return [Shard(range(lo, hi), range(per_task)) for lo, hi in itertools.pairwise(bounds.tolist())]
+
+
+@dataclass
+class ShardResult:
+    """What one shard collected: arrays over its rows, and where its time went."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    mask: np.ndarray
+    terminated: np.ndarray
+    unstable: np.ndarray
+    distance: np.ndarray
+    env_steps: int
+    seconds_policy: float
+    seconds_simulate: float
+
+
 class Sampler:
     """Collects episodes of one robot for many tasks at once.
 
@@ -30,32 +83,39 @@ class Sampler:
         horizon: maximum steps per episode (episodes end earlier when the env ends them).
         height_scan: as `LocomotionEnv`.
         goal_in_obs: as `LocomotionEnv`.
-        num_threads: physics threads (default: all cores).
+        num_threads: threads for a call (default: all cores): one runs each shard (one thread
+            runs both in turn), the rest step the shards' physics. Episodes do not depend on it.
     """
 
     def __init__(self, robot: str, horizon: int, height_scan: bool = False, goal_in_obs: bool = False,
                  num_threads: int | None = None) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.robot = robot
         self.horizon = int(horizon)
         self.height_scan = height_scan
         self.goal_in_obs = goal_in_obs
-        self.num_threads = num_threads
-        self._batch: BatchedEnv | None = None
-        probe = self._env(1)
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self._physics_threads = max(1, self.num_threads // SHARDS)
+        self._shard_envs: list[BatchedEnv] = []
+        self._helpers = ThreadPoolExecutor(SHARDS - 1) if self.num_threads > 1 else None
+        probe = self._envs([1])[0]
         self.obs_dim = probe.observation_space.shape[0]
         self.act_dim = probe.action_space.shape[0]
         self.env_steps = 0  # total env steps sampled so far (for steps/s figures)
-        self.seconds = {"simulate": 0.0, "policy": 0.0}  # where sampling time went, summed over calls
+        # Where sampling time went, summed over calls (per shard, averaged over a call's shards).
+        self.seconds = {"simulate": 0.0, "policy": 0.0}
 
-    def _env(self, size: int) -> BatchedEnv:
-        if self._batch is None or self._batch.num_envs != size:
-            if self._batch is not None:
-                self._batch.close()
-            self._batch = BatchedEnv(self.robot, size, self.height_scan, self.goal_in_obs,
-                                     num_threads=self.num_threads)
-        return self._batch
+    def _envs(self, sizes: list[int]) -> list[BatchedEnv]:
+        """One batched env per shard (rebuilt when the shard sizes change)."""
+        if [env.num_envs for env in self._shard_envs] != sizes:
+            for env in self._shard_envs:
+                env.close()
+            self._shard_envs = [BatchedEnv(self.robot, size, self.height_scan, self.goal_in_obs,
+                                           num_threads=self._physics_threads) for size in sizes]
+        return self._shard_envs
 
     def sample(
         self,
@@ -82,14 +142,29 @@ class Sampler:
         if not tasks:
             raise ValueError("tasks must not be empty")
         n_tasks, per_task = len(tasks), int(episodes_per_task)
-        per_task_params = isinstance(params, Sequence)
-        if per_task_params and len(params) != n_tasks:
+        if isinstance(params, Sequence) and len(params) != n_tasks:
             raise ValueError(f"params must hold one dict per task ({n_tasks}), got {len(params)}")
         batch_size = n_tasks * per_task
-        env = self._env(batch_size)
-        env.set_tasks([task for task in tasks for _ in range(per_task)])
-        env_seeds = np.random.SeedSequence(seed).generate_state(batch_size).tolist()
+        env_seeds = np.random.SeedSequence(seed).generate_state(batch_size)
         generator = torch.Generator().manual_seed(int(seed))
+        # Every env's action noise for the whole call (task-major env order), drawn at once.
+        noise = None if deterministic else torch.randn((self.horizon, batch_size, self.act_dim),
+                                                       generator=generator).numpy()
+
+        shards = plan_shards(n_tasks, per_task)
+        envs = self._envs([len(s.tasks) * len(s.episodes) for s in shards])
+        jobs = []
+        for shard, env in zip(shards, envs, strict=True):
+            rows = shard.rows(per_task)
+            shard_params = [params[t] for t in shard.tasks] if isinstance(params, Sequence) else params
+            env.set_tasks([tasks[t] for t in shard.tasks for _ in shard.episodes])
+            jobs.append((env, policy, shard_params, len(shard.tasks), len(shard.episodes), env_seeds[rows].tolist(),
+                         None if noise is None else noise[:, rows]))
+        if self._helpers is None:
+            results = [self._run_shard(*job) for job in jobs]
+        else:
+            helping = [self._helpers.submit(self._run_shard, *job) for job in jobs[1:]]
+            results = [self._run_shard(*jobs[0]), *(job.result() for job in helping)]
 
         horizon = self.horizon
         observations = np.zeros((horizon, batch_size, self.obs_dim), dtype=np.float32)
@@ -98,41 +173,17 @@ class Sampler:
         mask = np.zeros((horizon, batch_size), dtype=np.float32)
         terminated = np.zeros(batch_size, dtype=bool)
         unstable = np.zeros(batch_size, dtype=bool)
-        done = np.zeros(batch_size, dtype=bool)
-
-        mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
-        # All the action noise at once, already scaled by the (state-independent) std: one call,
-        # not one a step; rows of steps never reached cost nothing else.
-        noise = None if deterministic else (
-            std * torch.randn((horizon, batch_size, self.act_dim), generator=generator)).numpy()
-        obs = env.reset(env_seeds)
-        root = env.readout.root
-        xy_start = env.qpos[:, :root].copy()
-        for t in range(horizon):
-            observations[t] = obs
-            started = time.perf_counter()
-            with torch.no_grad():
-                mean = mean_of(torch.from_numpy(observations[t])).numpy()
-            if noise is None:
-                actions[t] = mean
-            else:
-                np.add(mean, noise[t], out=actions[t])
-            alive = ~done
-            mask[t] = alive
-            stepped = time.perf_counter()
-            obs, reward, term, trunc, info = env.step(actions[t], active=alive)
-            self.seconds["policy"] += stepped - started
-            self.seconds["simulate"] += time.perf_counter() - stepped
-            rewards[t] = np.where(alive, reward, 0.0)
-            terminated |= term & alive
-            unstable |= info["physics_unstable"] & alive
-            self.env_steps += int(alive.sum())
-            done |= term | trunc
-            if done.all():
-                break
-        observations *= mask[..., None]
-        actions *= mask[..., None]
-        distance = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
+        distance = np.zeros(batch_size)
+        for shard, result in zip(shards, results, strict=True):
+            rows = shard.rows(per_task)
+            observations[:, rows] = result.observations
+            actions[:, rows] = result.actions
+            rewards[:, rows] = result.rewards
+            mask[:, rows] = result.mask
+            terminated[rows], unstable[rows], distance[rows] = result.terminated, result.unstable, result.distance
+            self.env_steps += result.env_steps
+            self.seconds["policy"] += result.seconds_policy / len(shards)
+            self.seconds["simulate"] += result.seconds_simulate / len(shards)
         return [
             Episodes(
                 observations=torch.from_numpy(observations[:, group]),
@@ -146,11 +197,60 @@ class Sampler:
             for group in (slice(t * per_task, (t + 1) * per_task) for t in range(n_tasks))
         ]
 
+    def _run_shard(self, env: BatchedEnv, policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int,
+                   per_task: int, env_seeds: list[int], noise: np.ndarray | None) -> ShardResult:
+        """Run one shard's episodes to the horizon (or until all end) on the calling thread."""
+        horizon, size = self.horizon, env.num_envs
+        observations = np.zeros((horizon, size, self.obs_dim), dtype=np.float32)
+        actions = np.zeros((horizon, size, self.act_dim), dtype=np.float32)
+        rewards = np.zeros((horizon, size), dtype=np.float32)
+        mask = np.zeros((horizon, size), dtype=np.float32)
+        terminated = np.zeros(size, dtype=bool)
+        unstable = np.zeros(size, dtype=bool)
+        done = np.zeros(size, dtype=bool)
+        env_steps, seconds_policy, seconds_simulate = 0, 0.0, 0.0
+
+        mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
+        scaled_noise = None if noise is None else noise * std.numpy()
+        obs = env.reset(env_seeds)
+        root = env.readout.root
+        xy_start = env.qpos[:, :root].copy()
+        for t in range(horizon):
+            observations[t] = obs
+            started = time.perf_counter()
+            with torch.no_grad():
+                mean = mean_of(torch.from_numpy(observations[t])).numpy()
+            if scaled_noise is None:
+                actions[t] = mean
+            else:
+                np.add(mean, scaled_noise[t], out=actions[t])
+            alive = ~done
+            mask[t] = alive
+            stepped = time.perf_counter()
+            obs, reward, term, trunc, info = env.step(actions[t], active=alive)
+            seconds_policy += stepped - started
+            seconds_simulate += time.perf_counter() - stepped
+            rewards[t] = np.where(alive, reward, 0.0)
+            terminated |= term & alive
+            unstable |= info["physics_unstable"] & alive
+            env_steps += int(alive.sum())
+            done |= term | trunc
+            if done.all():
+                break
+        observations *= mask[..., None]
+        actions *= mask[..., None]
+        distance = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
+        return ShardResult(observations, actions, rewards, mask, terminated, unstable, distance, env_steps,
+                           seconds_policy, seconds_simulate)
+
     def close(self) -> None:
-        """Release the envs and their threads."""
-        if self._batch is not None:
-            self._batch.close()
-            self._batch = None
+        """Release the envs and the helper threads."""
+        for env in self._shard_envs:
+            env.close()
+        self._shard_envs = []
+        if self._helpers is not None:
+            self._helpers.shutdown()
+            self._helpers = None
 
 
 def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents.policy import GaussianMLPPolicy
-from agents.sampler import Sampler
+from agents.sampler import SHARDS, Sampler, plan_shards
 from envs.locomotion import LocomotionEnv
 from envs.tasks import Goal, Task, Terrain
 
@@ -85,3 +85,26 @@ def test_bad_arguments(sampler: Sampler, policy: GaussianMLPPolicy) -> None:
         sampler.sample(policy, TASKS, 0)
     with pytest.raises(ValueError, match="horizon"):
         Sampler("cheetah", 0)
+
+
+@pytest.mark.parametrize(("n_tasks", "per_task"), [(1, 1), (1, 10), (3, 1), (64, 1), (20, 10), (3, 5)])
+def test_shards_cover_every_env_once(n_tasks: int, per_task: int) -> None:
+    shards = plan_shards(n_tasks, per_task)
+    rows = np.concatenate([shard.rows(per_task) for shard in shards])
+    assert sorted(rows.tolist()) == list(range(n_tasks * per_task))
+    assert 1 <= len(shards) <= SHARDS
+    by_episodes = all(shard.tasks == range(n_tasks) for shard in shards)
+    counts = [len(shard.episodes) if by_episodes else len(shard.tasks) for shard in shards]
+    assert max(counts) - min(counts) <= 1  # near-equal halves of whichever dimension was split
+
+
+def test_episodes_do_not_depend_on_the_thread_count(policy: GaussianMLPPolicy) -> None:
+    # The shards are fixed by the tasks and episodes, so one thread (shards in turn), two (one
+    # each) and four (two physics threads a shard) collect the very same episodes.
+    adapted = [{name: p.detach() + 0.01 * i for name, p in policy.named_parameters()} for i in range(len(TASKS))]
+    runs = [Sampler("cheetah", horizon=30, num_threads=n).sample(policy, TASKS, 3, params=adapted, seed=5)
+            for n in (1, 2, 4)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
+            assert torch.equal(a.rewards, b.rewards) and torch.equal(a.mask, b.mask)
