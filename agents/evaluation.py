@@ -55,7 +55,7 @@ class AdaptationConfig:
     gae_lambda: float = 1.0  # GAE lambda of the inner-loop advantages (1: returns minus linear baseline)
     normalize_advantages: bool = True  # standardise the inner-loop advantages
     confidence: float = 0.95  # coverage of the reported confidence intervals
-    num_threads: int | None = None  # physics threads (default: all cores)
+    num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:

@@ -48,7 +48,7 @@ class MetaTrainConfig:
     gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
     seed: int = 0  # seeds tasks, env resets, action noise and the initial policy
     checkpoint_every: int = 5  # iterations between checkpoints
-    num_threads: int | None = None  # physics threads (default: all cores)
+    num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
 
     def __post_init__(self) -> None:
         get_family(self.family)
@@ -74,7 +74,7 @@ def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
 
 def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> GaussianMLPPolicy:
     """Run (or resume) meta-training into `run`; returns the meta-learned policy."""
-    # Small MLPs run fastest single-threaded; two torch threads fight the physics threads for 2 cores.
+    # Small MLPs run fastest single-threaded; two torch threads fight the sampler threads for 2 cores.
     torch.set_num_threads(1)
     family = get_family(config.family)
     sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)

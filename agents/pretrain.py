@@ -59,7 +59,7 @@ class PretrainConfig:
     normalize_advantages: bool = True  # standardise each task's advantages over its real steps
     seed: int = 0  # seeds tasks, env resets, action noise and the initial policy
     checkpoint_every: int = 5  # iterations between checkpoints (with a run directory)
-    num_threads: int | None = None  # physics threads (default: all cores)
+    num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
 
     def __post_init__(self) -> None:
         get_family(self.family)

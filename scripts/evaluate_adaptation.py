@@ -56,9 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-iterations", type=int,
                         help="train the pretrained baseline here for this many TRPO iterations")
     parser.add_argument("--pretrain-tasks", type=int, default=20, help="tasks per pretraining iteration")
-    parser.add_argument("--num-threads", type=int, help="physics threads (default: all cores)")
+    parser.add_argument("--num-threads", type=int,
+                        help="sampler threads (default: all cores; results do not depend on it)")
     parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch intra-op threads; small MLPs run fastest on one, next to the physics threads")
+                        help="torch intra-op threads; small MLPs run fastest on one, next to the sampler threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
