@@ -6,7 +6,7 @@ policy forward (each task's rows under its own, possibly adapted, parameters thr
 MuJoCo and torch release the GIL while they compute, so one shard's physics runs while the other's
 Python (readout, policy call) does. The split depends only on the tasks and episodes, never on the
 machine (more cores go to each shard's physics), and every env's reset seed and action noise are
-drawn for the whole call first: the same seed gives the same episodes on any machine.
+drawn for the whole call first: the same seed gives the same episodes whatever the core count.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import itertools
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,15 +48,21 @@ SHARDS = 2
 
 
 def plan_shards(n_tasks: int, per_task: int, n_shards: int = SHARDS) -> list[Shard]:
-    """Split tasks x episodes into at most `n_shards` near-equal shards: by episodes when every
-    shard can hold some episodes of every task (balanced whatever the tasks), else by tasks."""
-    if per_task >= n_shards or per_task >= n_tasks:
-        n = min(n_shards, per_task)
-        bounds = np.linspace(0, per_task, n + 1).astype(int)
-        return [Shard(range(n_tasks), range(lo, hi)) for lo, hi in itertools.pairwise(bounds.tolist())]
-    n = min(n_shards, n_tasks)
-    bounds = np.linspace(0, n_tasks, n + 1).astype(int)
-    return [Shard(range(lo, hi), range(per_task)) for lo, hi in itertools.pairwise(bounds.tolist())]
+    """Split tasks x episodes into at most `n_shards` shards, by episodes (every shard holds some
+    episodes of every task) or by tasks, whichever gives the smaller largest shard (episodes on a
+    tie)."""
+
+    def split(n: int) -> list[range]:
+        bounds = np.linspace(0, n, min(n_shards, n) + 1).astype(int).tolist()
+        return [range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+    by_episodes = [Shard(range(n_tasks), episodes) for episodes in split(per_task)]
+    by_tasks = [Shard(tasks, range(per_task)) for tasks in split(n_tasks)]
+
+    def largest(shards: list[Shard]) -> int:
+        return max(len(shard.tasks) * len(shard.episodes) for shard in shards)
+
+    return by_episodes if largest(by_episodes) <= largest(by_tasks) else by_tasks
 
 
 @dataclass
@@ -83,8 +89,10 @@ class Sampler:
         horizon: maximum steps per episode (episodes end earlier when the env ends them).
         height_scan: as `LocomotionEnv`.
         goal_in_obs: as `LocomotionEnv`.
-        num_threads: threads for a call (default: all cores): one runs each shard (one thread
-            runs both in turn), the rest step the shards' physics. Episodes do not depend on it.
+        num_threads: threads for a call (default: all cores). With one, the shards run in turn
+            on the calling thread; with more, each shard runs on its own thread and steps its
+            physics with `num_threads // 2` of MuJoCo's rollout threads (on the shard's own
+            thread when that is one). Episodes do not depend on it.
     """
 
     def __init__(self, robot: str, horizon: int, height_scan: bool = False, goal_in_obs: bool = False,
@@ -105,7 +113,8 @@ class Sampler:
         self.obs_dim = probe.observation_space.shape[0]
         self.act_dim = probe.action_space.shape[0]
         self.env_steps = 0  # total env steps sampled so far (for steps/s figures)
-        # Where sampling time went, summed over calls (per shard, averaged over a call's shards).
+        # Where sampling time went, summed over calls (shards running side by side count once:
+        # their times are averaged).
         self.seconds = {"simulate": 0.0, "policy": 0.0}
 
     def _envs(self, sizes: list[int]) -> list[BatchedEnv]:
@@ -162,9 +171,15 @@ class Sampler:
                          None if noise is None else noise[:, rows]))
         if self._helpers is None:
             results = [self._run_shard(*job) for job in jobs]
+            side_by_side = 1
         else:
             helping = [self._helpers.submit(self._run_shard, *job) for job in jobs[1:]]
-            results = [self._run_shard(*jobs[0]), *(job.result() for job in helping)]
+            try:
+                first = self._run_shard(*jobs[0])
+            finally:
+                wait(helping)  # a shard must never keep running into the next call
+            results = [first, *(job.result() for job in helping)]
+            side_by_side = len(jobs)
 
         horizon = self.horizon
         observations = np.zeros((horizon, batch_size, self.obs_dim), dtype=np.float32)
@@ -182,8 +197,8 @@ class Sampler:
             mask[:, rows] = result.mask
             terminated[rows], unstable[rows], distance[rows] = result.terminated, result.unstable, result.distance
             self.env_steps += result.env_steps
-            self.seconds["policy"] += result.seconds_policy / len(shards)
-            self.seconds["simulate"] += result.seconds_simulate / len(shards)
+            self.seconds["policy"] += result.seconds_policy / side_by_side
+            self.seconds["simulate"] += result.seconds_simulate / side_by_side
         return [
             Episodes(
                 observations=torch.from_numpy(observations[:, group]),

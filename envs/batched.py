@@ -7,7 +7,8 @@ then computes every observation and reward in one vectorised `Readout` call. Mem
 produces exactly the trajectory a single env would, given the same task, seed and actions: the
 models run without MuJoCo's solver warm start, so a step depends only on the state and the
 action, and a member whose rollout stopped early (MuJoCo stops a rollout at any warning) is
-stepped again from its saved state by the single env's own code.
+stepped again from its saved state by the single env's own code. (So a member's own `MjData`
+is only used for that; the batch's state is in `qpos` and `qvel`.)
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class BatchedEnv:
         else:
             members = np.flatnonzero(self._active)
             if not members.size:
+                self._stable[:] = True
                 return
             states, controls = self._states[members], self._controls[members]
             substeps = self._substeps[members]
@@ -154,9 +156,10 @@ class BatchedEnv:
         self._rollout.rollout(models, self._scratch, states, controls, nstep=self.frame_skip,
                               state=substeps, skip_checks=True,
                               chunk_size=max(1, n // (4 * self.num_threads)))
-        # Rollout stops a member at any MuJoCo warning (a reset of a diverged state, a NaN
-        # control, a full contact buffer) and repeats its last state from then on, so its clock
-        # ends short of frame_skip substeps; such members are stepped again below by the single
+        # A member whose step raised a MuJoCo warning (a diverged state, a NaN control, a full
+        # contact buffer) has a clock short of frame_skip substeps: rollout stops it at the
+        # warning and repeats its last state, and a diverged state found on the last substep is
+        # reset to time 0 by MuJoCo itself. Such members are stepped again below by the single
         # env's code, which decides stability exactly as a single env does.
         clean = substeps[:, -1, 0] > states[:, 0] + self._clock_margin
         stalled = None if clean.all() else np.flatnonzero(~clean)

