@@ -66,16 +66,38 @@ def plan_shards(n_tasks: int, per_task: int, n_shards: int = SHARDS) -> list[Sha
 
 
 @dataclass
-class ShardResult:
-    """What one shard collected: arrays over its rows, and where its time went."""
+class Collected:
+    """What was collected for some envs: per step [horizon, envs, ...] and per env [envs]."""
 
     observations: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray  # 1 while the env's episode runs
     terminated: np.ndarray
     unstable: np.ndarray
-    distance: np.ndarray
+    distance: np.ndarray  # metres along the goal's heading
+
+    @classmethod
+    def zeros(cls, horizon: int, size: int, obs_dim: int, act_dim: int) -> Collected:
+        """Empty arrays for `size` envs."""
+        return cls(np.zeros((horizon, size, obs_dim), dtype=np.float32),
+                   np.zeros((horizon, size, act_dim), dtype=np.float32),
+                   np.zeros((horizon, size), dtype=np.float32), np.zeros((horizon, size), dtype=np.float32),
+                   np.zeros(size, dtype=bool), np.zeros(size, dtype=bool), np.zeros(size))
+
+    def put(self, rows: np.ndarray, part: Collected) -> None:
+        """Write `part`, collected for envs `rows` of these, in place."""
+        for per_step in ("observations", "actions", "rewards", "mask"):
+            getattr(self, per_step)[:, rows] = getattr(part, per_step)
+        for per_env in ("terminated", "unstable", "distance"):
+            getattr(self, per_env)[rows] = getattr(part, per_env)
+
+
+@dataclass
+class ShardResult:
+    """What one shard collected, and where its time went."""
+
+    collected: Collected
     env_steps: int
     seconds_policy: float
     seconds_simulate: float
@@ -181,33 +203,21 @@ class Sampler:
             results = [first, *(job.result() for job in helping)]
             side_by_side = len(jobs)
 
-        horizon = self.horizon
-        observations = np.zeros((horizon, batch_size, self.obs_dim), dtype=np.float32)
-        actions = np.zeros((horizon, batch_size, self.act_dim), dtype=np.float32)
-        rewards = np.zeros((horizon, batch_size), dtype=np.float32)
-        mask = np.zeros((horizon, batch_size), dtype=np.float32)
-        terminated = np.zeros(batch_size, dtype=bool)
-        unstable = np.zeros(batch_size, dtype=bool)
-        distance = np.zeros(batch_size)
+        out = Collected.zeros(self.horizon, batch_size, self.obs_dim, self.act_dim)
         for shard, result in zip(shards, results, strict=True):
-            rows = shard.rows(per_task)
-            observations[:, rows] = result.observations
-            actions[:, rows] = result.actions
-            rewards[:, rows] = result.rewards
-            mask[:, rows] = result.mask
-            terminated[rows], unstable[rows], distance[rows] = result.terminated, result.unstable, result.distance
+            out.put(shard.rows(per_task), result.collected)
             self.env_steps += result.env_steps
             self.seconds["policy"] += result.seconds_policy / side_by_side
             self.seconds["simulate"] += result.seconds_simulate / side_by_side
         return [
             Episodes(
-                observations=torch.from_numpy(observations[:, group]),
-                actions=torch.from_numpy(actions[:, group]),
-                rewards=torch.from_numpy(rewards[:, group]),
-                mask=torch.from_numpy(mask[:, group]),
-                terminated=torch.from_numpy(terminated[group]),
-                info={"distance": torch.from_numpy(distance[group]),  # metres along the goal's heading
-                      "physics_unstable": torch.from_numpy(unstable[group])},
+                observations=torch.from_numpy(out.observations[:, group]),
+                actions=torch.from_numpy(out.actions[:, group]),
+                rewards=torch.from_numpy(out.rewards[:, group]),
+                mask=torch.from_numpy(out.mask[:, group]),
+                terminated=torch.from_numpy(out.terminated[group]),
+                info={"distance": torch.from_numpy(out.distance[group]),  # metres along the goal's heading
+                      "physics_unstable": torch.from_numpy(out.unstable[group])},
             )
             for group in (slice(t * per_task, (t + 1) * per_task) for t in range(n_tasks))
         ]
@@ -215,14 +225,8 @@ class Sampler:
     def _run_shard(self, env: BatchedEnv, policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int,
                    per_task: int, env_seeds: list[int], noise: np.ndarray | None) -> ShardResult:
         """Run one shard's episodes to the horizon (or until all end) on the calling thread."""
-        horizon, size = self.horizon, env.num_envs
-        observations = np.zeros((horizon, size, self.obs_dim), dtype=np.float32)
-        actions = np.zeros((horizon, size, self.act_dim), dtype=np.float32)
-        rewards = np.zeros((horizon, size), dtype=np.float32)
-        mask = np.zeros((horizon, size), dtype=np.float32)
-        terminated = np.zeros(size, dtype=bool)
-        unstable = np.zeros(size, dtype=bool)
-        done = np.zeros(size, dtype=bool)
+        out = Collected.zeros(self.horizon, env.num_envs, self.obs_dim, self.act_dim)
+        done = np.zeros(env.num_envs, dtype=bool)
         env_steps, seconds_policy, seconds_simulate = 0, 0.0, 0.0
 
         mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
@@ -230,33 +234,32 @@ class Sampler:
         obs = env.reset(env_seeds)
         root = env.readout.root
         xy_start = env.qpos[:, :root].copy()
-        for t in range(horizon):
-            observations[t] = obs
+        for t in range(self.horizon):
+            out.observations[t] = obs
             started = time.perf_counter()
             with torch.no_grad():
-                mean = mean_of(torch.from_numpy(observations[t])).numpy()
+                mean = mean_of(torch.from_numpy(out.observations[t])).numpy()
             if scaled_noise is None:
-                actions[t] = mean
+                out.actions[t] = mean
             else:
-                np.add(mean, scaled_noise[t], out=actions[t])
+                np.add(mean, scaled_noise[t], out=out.actions[t])
             alive = ~done
-            mask[t] = alive
+            out.mask[t] = alive
             stepped = time.perf_counter()
-            obs, reward, term, trunc, info = env.step(actions[t], active=alive)
+            obs, reward, term, trunc, info = env.step(out.actions[t], active=alive)
             seconds_policy += stepped - started
             seconds_simulate += time.perf_counter() - stepped
-            rewards[t] = np.where(alive, reward, 0.0)
-            terminated |= term & alive
-            unstable |= info["physics_unstable"] & alive
+            out.rewards[t] = np.where(alive, reward, 0.0)
+            out.terminated |= term & alive
+            out.unstable |= info["physics_unstable"] & alive
             env_steps += int(alive.sum())
             done |= term | trunc
             if done.all():
                 break
-        observations *= mask[..., None]
-        actions *= mask[..., None]
-        distance = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
-        return ShardResult(observations, actions, rewards, mask, terminated, unstable, distance, env_steps,
-                           seconds_policy, seconds_simulate)
+        out.observations *= out.mask[..., None]
+        out.actions *= out.mask[..., None]
+        out.distance[:] = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
+        return ShardResult(out, env_steps, seconds_policy, seconds_simulate)
 
     def close(self) -> None:
         """Release the envs and the helper threads."""
