@@ -61,7 +61,10 @@ class BatchedEnv:
         self._rollout = rollout.Rollout(nthread=self.num_threads if self.num_threads > 1 else 0)
         self._states = np.zeros((num_envs, nstate))  # every member's physical state, one row each
         self._substeps = np.zeros((num_envs, self.frame_skip, nstate))  # rollout's output
+        # Each member's clipped action for every substep (rollout's control input); [:, 0] is the
+        # action itself.
         self._controls = np.zeros((num_envs, self.frame_skip, model.nu))
+        self._actions = self._controls[:, 0]
         # A member's clock advances frame_skip timesteps in a full step; half a timestep less is a
         # threshold no rounding can cross.
         self._clock_margin = (self.frame_skip - 0.5) * model.opt.timestep
@@ -70,7 +73,6 @@ class BatchedEnv:
         self.qvel = self._states[:, 1 + nq:1 + nq + nv]
         self._stable = np.ones(num_envs, dtype=bool)
         self._active = np.ones(num_envs, dtype=bool)
-        self._actions = np.zeros((num_envs, model.nu))
         self.set_tasks([first.task] * num_envs)
 
     @property
@@ -115,7 +117,8 @@ class BatchedEnv:
             arrays [B]: forward_velocity, x_position, reward parts, physics_unstable.
         """
         self._active[:] = True if active is None else active
-        clip_action(actions, self.envs[0].ctrl_low, self.envs[0].ctrl_high, out=self._actions)
+        clip_action(np.asarray(actions)[:, None, :], self.envs[0].ctrl_low, self.envs[0].ctrl_high,
+                    out=self._controls)
         xy_before = self.qpos[:, : self.readout.root].copy()
         self._simulate()
         out = self.readout.step(xy_before, self.qpos, self.qvel, self._actions, self._heights, self.heading,
@@ -138,7 +141,6 @@ class BatchedEnv:
 
     def _simulate(self) -> None:
         """Step the active members' states frame_skip physics steps; sets `_stable`."""
-        self._controls[:] = self._actions[:, None, :]
         everyone = self._active.all()
         if everyone:  # the common case: rollout reads and writes the batch's arrays in place
             members = None
