@@ -36,7 +36,8 @@ class BatchedEnv:
         height_scan: as `LocomotionEnv`.
         goal_in_obs: as `LocomotionEnv`.
         terminate_when_unhealthy: as `LocomotionEnv`.
-        num_threads: physics threads; default: the machine's cores.
+        num_threads: threads of MuJoCo's rollout (default: the machine's cores); with one, the
+            physics runs on the thread that calls `step`.
     """
 
     def __init__(self, robot: str, num_envs: int, height_scan: bool = False, goal_in_obs: bool = False,
