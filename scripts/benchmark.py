@@ -72,19 +72,18 @@ def threaded_raw_steps_per_second(robot: str, n_threads: int, n_steps: int) -> f
     return n_threads * n_steps / (time.perf_counter() - start)
 
 
-def median_of(repeats: int, contenders: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Median of each contender's figure, running them interleaved `repeats` times; also, for
-    every pair, the median of the per-repeat ratios under "a_over_b" (robust to the machine
-    drifting between repeats, since both figures of a ratio come from the same repeat)."""
+def median_of(repeats: int, contenders: dict[str, Callable[[], float]],
+              ratios: dict[str, tuple[str, str]]) -> dict[str, float]:
+    """Median of each contender's figure, running them interleaved `repeats` times, and for each
+    named ratio (a, b) the median of the per-repeat ratios a / b (robust to the machine drifting
+    between repeats, since both figures of a ratio come from the same repeat)."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, run in contenders.items():
             samples[name].append(run())
     result = {name: statistics.median(values) for name, values in samples.items()}
-    for a in contenders:
-        for b in contenders:
-            if a != b:
-                result[f"{a}_over_{b}"] = statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+    for name, (a, b) in ratios.items():
+        result[name] = statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
     return result
 
 
@@ -100,8 +99,7 @@ def bench_env_steps(robot: str, terrain: str, n_steps: int, repeats: int) -> dic
         "ours": lambda: steps_per_second(ours, actions),
         "gymnasium": lambda: steps_per_second(peer, peer_actions),
         "raw_limit": lambda: raw_steps_per_second(raw_env.model, raw_env.data, raw_env.frame_skip, actions),
-    })
-    result["ours_over_limit"] = result["ours_over_raw_limit"]
+    }, {"ours_over_gymnasium": ("ours", "gymnasium"), "ours_over_limit": ("ours", "raw_limit")})
     return result
 
 
@@ -126,9 +124,8 @@ def bench_task_switch(robot: str, repeats: int) -> dict[str, float]:
             del task
         return (time.perf_counter() - start) / len(tasks)
 
-    result = median_of(repeats, {"set_task_reset_s": switch_in_place, "recompile_s": recompile})
-    result["speedup"] = result["recompile_s_over_set_task_reset_s"]
-    return result
+    return median_of(repeats, {"set_task_reset_s": switch_in_place, "recompile_s": recompile},
+                     {"speedup": ("recompile_s", "set_task_reset_s")})
 
 
 def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]:
@@ -176,10 +173,9 @@ def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]
     result = median_of(repeats, {
         "ours": ours, "gymnasium_loop": gym_loop, "one_thread_raw": one_thread_raw,
         "two_thread_raw": lambda: threaded_raw_steps_per_second("cheetah", 2, len(raw_actions)),
-    })
-    result["ours_over_gymnasium"] = result["ours_over_gymnasium_loop"]
+    }, {"ours_over_gymnasium": ("ours", "gymnasium_loop"), "ours_over_one_thread_raw": ("ours", "one_thread_raw"),
+        "ours_over_measured_limit": ("ours", "two_thread_raw")})
     result["ours_over_two_core_limit"] = result["ours_over_one_thread_raw"] / 2
-    result["ours_over_measured_limit"] = result["ours_over_two_thread_raw"]
     return result
 
 
