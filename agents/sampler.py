@@ -184,9 +184,9 @@ class Sampler:
 
         shards = plan_shards(n_tasks, per_task)
         envs = self._envs([len(s.tasks) * len(s.episodes) for s in shards])
+        rows_of = [shard.rows(per_task) for shard in shards]
         jobs = []
-        for shard, env in zip(shards, envs, strict=True):
-            rows = shard.rows(per_task)
+        for shard, rows, env in zip(shards, rows_of, envs, strict=True):
             shard_params = [params[t] for t in shard.tasks] if isinstance(params, Sequence) else params
             env.set_tasks([tasks[t] for t in shard.tasks for _ in shard.episodes])
             jobs.append((env, policy, shard_params, len(shard.tasks), len(shard.episodes), env_seeds[rows].tolist(),
@@ -204,8 +204,8 @@ class Sampler:
             side_by_side = len(jobs)
 
         out = Collected.zeros(self.horizon, batch_size, self.obs_dim, self.act_dim)
-        for shard, result in zip(shards, results, strict=True):
-            out.put(shard.rows(per_task), result.collected)
+        for rows, result in zip(rows_of, results, strict=True):
+            out.put(rows, result.collected)
             self.env_steps += result.env_steps
             self.seconds["policy"] += result.seconds_policy / side_by_side
             self.seconds["simulate"] += result.seconds_simulate / side_by_side

@@ -142,15 +142,14 @@ class BatchedEnv:
 
     def _simulate(self) -> None:
         """Step the active members' states frame_skip physics steps; sets `_stable`."""
-        everyone = self._active.all()
-        if everyone:  # the common case: rollout reads and writes the batch's arrays in place
-            members = None
+        self._stable[:] = True
+        if self._active.all():  # the common case: rollout reads and writes the batch's arrays in place
+            members = np.arange(self.num_envs)
             states, controls, substeps = self._states, self._controls, self._substeps
             models = self._models
         else:
             members = np.flatnonzero(self._active)
             if not members.size:
-                self._stable[:] = True
                 return
             states, controls = self._states[members], self._controls[members]
             substeps = self._substeps[members]
@@ -164,18 +163,11 @@ class BatchedEnv:
         # warning and repeats its last state, and a diverged state found on the last substep is
         # reset to time 0 by MuJoCo itself. Such members are stepped again below by the single
         # env's code, which decides stability exactly as a single env does.
-        clean = substeps[:, -1, 0] > states[:, 0] + self._clock_margin
-        stalled = None if clean.all() else np.flatnonzero(~clean)
-        redo_from = None if stalled is None else states[stalled].copy()
-        if everyone:
-            states[:] = substeps[:, -1]
-        else:
-            self._states[members] = substeps[:, -1]
-        self._stable[:] = True
-        if stalled is not None:
-            for row, state in zip(stalled, redo_from, strict=True):
-                i = row if members is None else members[row]
-                self._stable[i] = self._step_like_single_env(i, state)
+        stalled = ~(substeps[:, -1, 0] > states[:, 0] + self._clock_margin)
+        redo_from = states[stalled]  # boolean indexing copies: the rows before this step
+        self._states[members] = substeps[:, -1]
+        for i, state in zip(members[stalled], redo_from, strict=True):
+            self._stable[i] = self._step_like_single_env(i, state)
 
     def _step_like_single_env(self, i: int, state: np.ndarray) -> bool:
         """Step member i from `state` with its own MjData, exactly as `LocomotionEnv.step` does."""

@@ -22,8 +22,8 @@ from envs.robots import RobotSpec, get_robot
 from envs.tasks import Task, TaskDistribution, get_family
 from envs.terrain import HEIGHT_LIMIT, TerrainGrid, generate
 
-# MuJoCo counts a warning when it finds a bad state or control (and resets the state, or ignores
-# the control); these four counters are adjacent, so one slice reads them all.
+# MuJoCo counts a warning when it finds a bad state or control (and resets the state, or zeroes
+# the controls); these four counters are adjacent, so one slice reads them all.
 _BAD_FIRST = int(mujoco.mjtWarning.mjWARN_BADQPOS)
 _BAD_COUNTERS = slice(_BAD_FIRST, _BAD_FIRST + 4)
 assert {int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,

@@ -201,8 +201,8 @@ class Readout:
         else:
             reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
         reward_ctrl = np.vecdot(action, action) * self._ctrl_factor  # same loop for [B, nu] and [nu]
-        ground = None if heights is None else self.ground_under(heights, qpos)
-        healthy = None if robot.healthy_z is None else self.healthy(qpos, ground)
+        ground = self.ground_under(heights, qpos)
+        healthy = self.healthy(qpos, ground)
         batch_shape = qpos.shape[:-1]
         if healthy is None:
             reward_healthy = constant(batch_shape, robot.healthy_reward)
