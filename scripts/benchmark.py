@@ -23,7 +23,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from agents.atomic import atomic_write_text
+from agents.runs.atomic import atomic_write_text
 from envs import ENV_IDS
 from envs.locomotion import LocomotionEnv, build_model
 from envs.tasks import Task, Terrain
@@ -183,11 +183,11 @@ def bench_meta_iteration(quick: bool) -> dict[str, float]:
     """One MAML-TRPO iteration of the default cheetah config: wall time and where it goes."""
     import torch
 
-    from agents.config import config_from_dict
-    from agents.maml import MAMLTRPO
-    from agents.meta_train import MetaTrainConfig, meta_iteration
+    from agents.meta.maml import MAMLTRPO
+    from agents.meta.meta_train import MetaTrainConfig, meta_iteration
     from agents.policy import GaussianMLPPolicy
-    from agents.rundir import load_yaml
+    from agents.runs.config import config_from_dict
+    from agents.runs.rundir import load_yaml
     from agents.sampler import Sampler
 
     torch.set_num_threads(1)

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.atomic import atomic_write_text
-from agents.config import config_from_dict
-from agents.continual import Curriculum
-from agents.curriculum import CurriculumConfig
-from agents.metrics import matrix_to_markdown, normalize, summarize
-from agents.rundir import prepare_run_dir
-from agents.stats import mean_confidence_interval
+from agents.continual.curriculum import CurriculumConfig
+from agents.continual.loop import Curriculum
+from agents.continual.metrics import matrix_to_markdown, normalize, summarize
+from agents.runs.atomic import atomic_write_text
+from agents.runs.config import config_from_dict
+from agents.runs.rundir import prepare_run_dir
+from agents.runs.stats import mean_confidence_interval
 
 #: Sequences of conflicting skills. "backward-twice" (the default): run forward, run backward, run
 #: backward on rough ground with weak motors; nothing after the first stage retrains running forward,

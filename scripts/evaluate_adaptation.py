@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from agents.checkpoint import load_checkpoint
-from agents.evaluation import (
+from agents.meta.evaluation import (
     AdaptationConfig,
     compare,
     infer_height_scan,
@@ -27,7 +26,8 @@ from agents.evaluation import (
     random_init,
     write_all,
 )
-from agents.pretrain import PretrainConfig, pretrain, save_pretrained
+from agents.meta.pretrain import PretrainConfig, pretrain, save_pretrained
+from agents.runs.checkpoint import load_checkpoint
 from envs.tasks import SPLITS, TaskDistribution, get_family
 
 BASELINES = ("random", "pretrained")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agents.config import config_from_dict, config_to_dict
-from agents.meta_train import MetaTrainConfig, meta_train
-from agents.rundir import load_yaml, prepare_run_dir
+from agents.meta.meta_train import MetaTrainConfig, meta_train
+from agents.runs.config import config_from_dict, config_to_dict
+from agents.runs.rundir import load_yaml, prepare_run_dir
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from agents.checkpoint import load_checkpoint
-from agents.maml import adapt
+from agents.meta.maml import adapt
+from agents.runs.checkpoint import load_checkpoint
+from agents.runs.video import render_policy
 from agents.sampler import Sampler
-from agents.video import render_policy
 from envs.tasks import Goal, Task, Terrain
 
 

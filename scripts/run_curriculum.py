@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agents.config import config_from_dict, config_to_dict
-from agents.continual import Curriculum, check_curriculum
-from agents.curriculum import CurriculumConfig
-from agents.report import write_report
-from agents.rundir import load_yaml, prepare_run_dir
-from agents.video import render_policy
+from agents.continual.curriculum import CurriculumConfig
+from agents.continual.loop import Curriculum, check_curriculum
+from agents.continual.report import write_report
+from agents.runs.config import config_from_dict, config_to_dict
+from agents.runs.rundir import load_yaml, prepare_run_dir
+from agents.runs.video import render_policy
 
 
 def main() -> None:

@@ -15,14 +15,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from agents.atomic import atomic_write_text
-from agents.metrics import (
+from agents.continual.metrics import (
     average_forgetting,
     average_performance,
     backward_transfer,
     forgetting,
     matrix_to_markdown,
 )
+from agents.runs.atomic import atomic_write_text
 
 
 def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequence[float]) -> tuple[np.ndarray, str]:

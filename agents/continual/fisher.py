@@ -1,4 +1,4 @@
-"""Diagonal Fisher estimates for elastic weight consolidation (the regularisers live in `agents.ewc`).
+"""Diagonal Fisher estimates for elastic weight consolidation (the regularisers live in `agents.continual.ewc`).
 
 Fisher estimators take any callable `fn(obs, params) -> distribution` (our `GaussianMLPPolicy`
 is one) and a subset of parameter names, so the same code serves an SB3 actor whose weights were

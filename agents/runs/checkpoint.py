@@ -1,6 +1,6 @@
 """The one checkpoint format: a MetaLoco policy with its optimizer, regularizer, counters and RNG states.
 
-Checkpoints are written atomically (`agents.atomic`), hold only tensors and plain Python values
+Checkpoints are written atomically (`agents.runs.atomic`), hold only tensors and plain Python values
 and are read back with `torch.load(weights_only=True)`; nothing here ever unpickles arbitrary
 objects.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.atomic import PathLike, atomic_write_bytes
+from agents.runs.atomic import PathLike, atomic_write_bytes
 from agents.policy import GaussianMLPPolicy
 
 FORMAT_KIND = "metaloco-policy"
@@ -177,7 +177,7 @@ def save_checkpoint(
         robot: robot name ("cheetah", "quadruped", ...); checked again on load.
         env_id: gymnasium id; default: the registered id of `robot`.
         optimizer: a torch optimizer (or its state dict) to resume training with.
-        regularizer: an `agents.ewc.Regularizer` (or its state dict).
+        regularizer: an `agents.continual.ewc.Regularizer` (or its state dict).
         iteration: iteration counter to resume from.
         stage: curriculum stage counter to resume from.
         np_rng: a numpy Generator whose state is saved next to torch's and Python's RNG states.

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from agents.checkpoint import load_checkpoint
-from agents.config import config_to_dict
-from agents.evaluation import random_init
-from agents.maml import masked_mean
-from agents.pretrain import PretrainConfig, pretrain, pretrain_iteration, save_pretrained, trpo_step
-from agents.returns import baseline_advantages
-from agents.rundir import MetricsLog, latest_checkpoint, prepare_run_dir
+from agents.meta.evaluation import random_init
+from agents.meta.maml import masked_mean
+from agents.meta.pretrain import PretrainConfig, pretrain, pretrain_iteration, save_pretrained, trpo_step
+from agents.meta.returns import baseline_advantages
+from agents.runs.checkpoint import load_checkpoint
+from agents.runs.config import config_to_dict
+from agents.runs.rundir import MetricsLog, latest_checkpoint, prepare_run_dir
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution
 

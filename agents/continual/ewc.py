@@ -18,7 +18,7 @@ Two consolidation modes:
 
 `L2Regularizer` is the same machinery with unit weights: the "l2" baseline, not EWC.
 
-The diagonal Fisher estimates that weight the penalty live in `agents.fisher`.
+The diagonal Fisher estimates that weight the penalty live in `agents.continual.fisher`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from agents.fisher import Params, normalize_fisher
+from agents.continual.fisher import Params, normalize_fisher
 
 MODES = ("online", "separate")
 NORMALIZATIONS = (None, "max", "mean")

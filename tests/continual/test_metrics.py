@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from agents.metrics import (
+from agents.continual.metrics import (
     average_forgetting,
     average_performance,
     average_performance_per_stage,

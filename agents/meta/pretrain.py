@@ -4,7 +4,7 @@ No adaptation and no goal in the observation: each iteration draws `tasks_per_it
 tasks of a family, samples episodes of all of them with the current policy, and takes one TRPO
 step (natural gradient scaled to a KL bound, then a backtracking line search) on the surrogate
 `-mean(ratio * advantage)` over every real step of every task. Advantages come from a linear
-baseline fitted per task (`agents.returns.baseline_advantages`), so each task's advantages are
+baseline fitted per task (`agents.meta.returns.baseline_advantages`), so each task's advantages are
 standardised on their own. Every random draw of iteration i comes from seeds derived from
 (seed, i), so a resumed run continues exactly as an uninterrupted one would.
 """
@@ -21,18 +21,18 @@ from torch.distributions import kl_divergence
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.atomic import PathLike
-from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.config import config_to_dict
 from agents.episodes import Episodes
-from agents.evaluation import random_init
-from agents.maml import detach_distribution, masked_mean
-from agents.meta_train import iteration_seed
+from agents.meta.evaluation import random_init
+from agents.meta.maml import detach_distribution, masked_mean
+from agents.meta.meta_train import iteration_seed
+from agents.meta.returns import baseline_advantages
+from agents.meta.trpo import conjugate_gradient, flatten_params, hessian_vector_product, line_search
 from agents.policy import GaussianMLPPolicy, Params
-from agents.returns import baseline_advantages
-from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
+from agents.runs.atomic import PathLike
+from agents.runs.checkpoint import load_checkpoint, save_checkpoint
+from agents.runs.config import config_to_dict
+from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
-from agents.trpo import conjugate_gradient, flatten_params, hessian_vector_product, line_search
 from envs.tasks import TaskDistribution, get_family
 
 CHECKPOINT_KIND = "pretrained"

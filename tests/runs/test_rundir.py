@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from agents.checkpoint import load_checkpoint
+from agents.runs.checkpoint import load_checkpoint
 from agents.policy import GaussianMLPPolicy
-from agents.rundir import (
+from agents.runs.rundir import (
     RUN_SUBDIRS,
     MetricsLog,
     RunDir,

@@ -17,11 +17,11 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.checkpoint import load_checkpoint
-from agents.config import config_to_dict
-from agents.maml import MAMLTRPO, MAMLConfig
+from agents.meta.maml import MAMLTRPO, MAMLConfig
 from agents.policy import GaussianMLPPolicy
-from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
+from agents.runs.checkpoint import load_checkpoint
+from agents.runs.config import config_to_dict
+from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution, get_family
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.episodes import Episodes
-from agents.maml import (
+from agents.meta.maml import (
     MAMLTRPO,
     MAMLConfig,
     adapt,
@@ -17,9 +17,9 @@ from agents.maml import (
     outer_objective,
     prepare_tasks,
 )
+from agents.meta.returns import baseline_advantages
+from agents.meta.trpo import flatten_params, hessian_vector_product, unflatten_params
 from agents.policy import GaussianMLPPolicy
-from agents.returns import baseline_advantages
-from agents.trpo import flatten_params, hessian_vector_product, unflatten_params
 
 INNER_LR = 0.5
 

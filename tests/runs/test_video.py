@@ -8,11 +8,11 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from agents.checkpoint import save_checkpoint
+from agents.runs.checkpoint import save_checkpoint
 from agents.policy import GaussianMLPPolicy
-from agents.video import policy_actor
+from agents.runs.video import policy_actor
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_render_rollout_before_and_after_adaptation(tmp_path: Path) -> None:

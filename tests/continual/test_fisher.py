@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.fisher import (
+from agents.continual.fisher import (
     add_fishers,
     analytic_fisher,
     estimate_fisher,

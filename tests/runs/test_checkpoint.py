@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from agents.checkpoint import FORMAT_KIND, FORMAT_VERSION, load_checkpoint, save_checkpoint
-from agents.ewc import L2Regularizer
+from agents.runs.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from agents.runs.checkpoint import FORMAT_KIND, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from agents.continual.ewc import L2Regularizer
 from agents.policy import GaussianMLPPolicy
 
 
@@ -222,3 +222,22 @@ def test_bad_input_is_refused_before_writing(tmp_path: Path) -> None:
         save_checkpoint(target, policy=torch.nn.Linear(2, 2), robot="cheetah")
     assert target.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "assets" / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_checkpoint_loads_and_names_no_module(path: Path) -> None:
+    import zipfile
+
+    loaded = load_checkpoint(path, expected_robot="cheetah")
+    assert loaded.policy.obs_dim > 0 and loaded.metadata.get("config")
+    # A pickled module path (agents.<module>.<Class>) would break whenever a module moves.
+    with zipfile.ZipFile(path) as archive:
+        pickles = [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+    assert pickles and not any(b"agents" in data or b"envs." in data for data in pickles)
+
+
+def test_shipped_checkpoints_are_found() -> None:
+    assert len(SHIPPED) >= 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.ewc import EWC, L2Regularizer, NoRegularizer, make_regularizer
-from agents.fisher import normalize_fisher
+from agents.continual.ewc import EWC, L2Regularizer, NoRegularizer, make_regularizer
+from agents.continual.fisher import normalize_fisher
 
 
 def params_of(**values: list[float]) -> dict[str, torch.Tensor]:

@@ -15,10 +15,9 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from agents.ewc import EWC, L2Regularizer
-from agents.fisher import analytic_fisher
-from agents.policy import GaussianMLPPolicy
-from agents.sb3 import (
+from agents.continual.ewc import EWC, L2Regularizer
+from agents.continual.fisher import analytic_fisher
+from agents.continual.sb3 import (
     EWCPPO,
     actor_param_names,
     critic_param_names,
@@ -28,6 +27,7 @@ from agents.sb3 import (
     sb3_policy_kwargs,
     sb3_to_policy,
 )
+from agents.policy import GaussianMLPPolicy
 from envs import ENV_IDS
 from envs.tasks import Goal, Task, Terrain
 

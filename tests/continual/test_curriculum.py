@@ -9,12 +9,12 @@ import imageio.v3 as iio
 import pytest
 import yaml
 
-from agents.config import config_from_dict
-from agents.continual import Curriculum
-from agents.curriculum import CurriculumConfig, Schedule
-from agents.rundir import prepare_run_dir
+from agents.continual.curriculum import CurriculumConfig, Schedule
+from agents.continual.loop import Curriculum
+from agents.runs.config import config_from_dict
+from agents.runs.rundir import prepare_run_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {
     "robot": "cheetah",
     "init": "scratch",
@@ -116,8 +116,8 @@ def test_config_errors_name_the_field(changes: dict, field: str) -> None:
 def test_checkpoint_of_another_robot_fails_before_training(tmp_path: Path) -> None:
     import torch
 
-    from agents.checkpoint import save_checkpoint
     from agents.policy import GaussianMLPPolicy
+    from agents.runs.checkpoint import save_checkpoint
 
     path = tmp_path / "quadruped.pt"
     save_checkpoint(path, policy=GaussianMLPPolicy(29, 8, (8,)), robot="quadruped")
@@ -132,7 +132,7 @@ def test_checkpoint_of_another_robot_fails_before_training(tmp_path: Path) -> No
 def test_normalisation_is_undefined_where_nothing_beat_the_random_policy() -> None:
     import math
 
-    from agents.report import normalised_matrix, summary
+    from agents.continual.report import normalised_matrix, summary
 
     matrix, _ = normalised_matrix([[50.0, -60.0], [40.0, -50.0]], [0.0, 10.0])
     assert matrix[0, 0] == 1.0 and matrix[1, 0] == 0.8

@@ -40,8 +40,8 @@ from torch import nn
 from torch.distributions import Independent, Normal
 from torch.func import functional_call
 
-from agents.ewc import Regularizer
-from agents.fisher import (
+from agents.continual.ewc import Regularizer
+from agents.continual.fisher import (
     FISHER_METHODS,
     Params,
     PolicyFn,
@@ -157,7 +157,7 @@ def sb3_fisher(
     Args:
         sb3_policy: an `ActorCriticPolicy` with a diagonal Gaussian action distribution.
         obs: states of the task just learned, `[..., obs_dim]`.
-        method: "analytic" (exact Gaussian Fisher) or "sampled" (Monte-Carlo), see `agents.fisher`.
+        method: "analytic" (exact Gaussian Fisher) or "sampled" (Monte-Carlo), see `agents.continual.fisher`.
         include_critic: also add the critic's Fisher (`value_fisher`, likelihood N(V(s), value_noise_std²)).
         value_noise_std: standard deviation of the critic's Gaussian likelihood.
         **fisher_kwargs: passed to the actor's estimator (`batch_size`, `num_samples`, `generator`, `mask`).
@@ -199,7 +199,7 @@ class EWCPPO(PPO):
         policy: as for PPO ("MlpPolicy" or an `ActorCriticPolicy` class).
         env: as for PPO.
         *args: PPO's further positional arguments.
-        regularizer: an `agents.ewc` regulariser (EWC, L2Regularizer, NoRegularizer) whose anchors use
+        regularizer: an `agents.continual.ewc` regulariser (EWC, L2Regularizer, NoRegularizer) whose anchors use
             the SB3 policy's parameter names, or None for plain PPO.
         **kwargs: PPO's keyword arguments (n_steps, batch_size, seed, policy_kwargs, ...).
     """
@@ -214,7 +214,7 @@ class EWCPPO(PPO):
     ) -> None:
         if regularizer is not None and not isinstance(regularizer, Regularizer):
             raise ValueError(
-                f"regularizer: expected an agents.ewc Regularizer or None, got {type(regularizer).__name__}"
+                f"regularizer: expected an agents.continual.ewc Regularizer or None, got {type(regularizer).__name__}"
             )
         self.regularizer = regularizer
         super().__init__(policy, env, *args, **kwargs)
@@ -325,7 +325,7 @@ class EWCPPO(PPO):
         Args:
             source: where the states come from (rollout buffer, observations or env; see `task_states`).
             n_states: number of states to estimate the Fisher on.
-            method: "analytic" or "sampled" Fisher of the actor (see `agents.fisher`).
+            method: "analytic" or "sampled" Fisher of the actor (see `agents.continual.fisher`).
             include_critic: also anchor the critic, weighted by its `value_fisher`.
             value_noise_std: standard deviation of the critic's Gaussian likelihood.
             seed: env reset seed when `source` is an env.

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.evaluation import (
+from agents.meta.evaluation import (
     AdaptationConfig,
     compare,
     evaluate_adaptation,
@@ -22,11 +21,12 @@ from agents.evaluation import (
     step_seed,
     write_all,
 )
+from agents.runs.checkpoint import load_checkpoint, save_checkpoint
+from agents.runs.stats import mean_confidence_interval, student_t_ppf
 from agents.sampler import Sampler
-from agents.stats import mean_confidence_interval, student_t_ppf
 from envs.tasks import TaskDistribution
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OBS_DIM, ACT_DIM = 17, 6  # the cheetah's spaces without the height scan
 TASKS = TaskDistribution("cheetah_velocity", 0).sample(2, split="test")
 CONFIG = AdaptationConfig(steps=2, inner_lr=0.5, episodes_per_task=2, horizon=30, seeds=(0, 1), num_threads=1)

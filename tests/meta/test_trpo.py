@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from agents.trpo import (
+from agents.meta.trpo import (
     conjugate_gradient,
     flatten_params,
     hessian_vector_product,

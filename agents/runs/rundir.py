@@ -1,7 +1,7 @@
 """Run directories, step checkpoints, metrics logs and YAML configs.
 
-Every file here is written atomically (`agents.atomic`); checkpoints use the one format of
-`agents.checkpoint`. YAML is read with `yaml.safe_load`.
+Every file here is written atomically (`agents.runs.atomic`); checkpoints use the one format of
+`agents.runs.checkpoint`. YAML is read with `yaml.safe_load`.
 
 A run directory looks like::
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import yaml
 
-from agents.atomic import PathLike, atomic_write_bytes, atomic_write_text
-from agents.checkpoint import _check_count, _serialize, checkpoint_payload
+from agents.runs.atomic import PathLike, atomic_write_bytes, atomic_write_text
+from agents.runs.checkpoint import _check_count, _serialize, checkpoint_payload
 
 RUN_SUBDIRS = ("checkpoints", "metrics", "plots", "videos", "tb")
 CONFIG_FILE = "config.yaml"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.episodes import Episodes
-from agents.returns import (
+from agents.meta.returns import (
     LinearFeatureBaseline,
     baseline_advantages,
     discounted_returns,
@@ -157,7 +157,7 @@ def test_linear_baseline_rank_deficient_fit_is_finite(
     episodes = observation_episodes(obs_scale=0.0)
     returns = discounted_returns(episodes.rewards, episodes.mask, 0.9)
     baseline = LinearFeatureBaseline(reg_coeff=reg_coeff, max_reg_tries=max_reg_tries)
-    with caplog.at_level(logging.WARNING, logger="agents.returns"):
+    with caplog.at_level(logging.WARNING, logger="agents.meta.returns"):
         baseline.fit(episodes, returns)
     assert ("least squares" in caplog.text) == (max_reg_tries == 1)
     assert baseline.weights is not None and torch.isfinite(baseline.weights).all()

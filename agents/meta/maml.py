@@ -25,9 +25,9 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from agents.episodes import Episodes
+from agents.meta.returns import baseline_advantages
+from agents.meta.trpo import conjugate_gradient, flatten_params, hessian_vector_product, line_search
 from agents.policy import GaussianMLPPolicy, Params
-from agents.returns import baseline_advantages
-from agents.trpo import conjugate_gradient, flatten_params, hessian_vector_product, line_search
 
 EpisodeSource = Episodes | Sequence[Episodes] | Callable[[int, Params], Episodes]
 

@@ -2,7 +2,7 @@
 
 Protocol (the MAML paper's evaluation): for each seed and task, sample fresh episodes with the
 current parameters (at step 0 the initialisation itself), record their mean undiscounted return,
-then take one vanilla policy-gradient step (`agents.maml.adapt`, first order) on those episodes;
+then take one vanilla policy-gradient step (`agents.meta.maml.adapt`, first order) on those episodes;
 repeat until k steps have been taken and the k-th adapted parameters have been rolled out. All
 tasks of a step are sampled in one `Sampler.sample(params=[per-task params])` call.
 
@@ -11,7 +11,7 @@ Common random numbers: the sampling seed of a step depends only on (seed, step),
 not depend on which other methods are compared with it.
 
 Confidence intervals are over seeds: each seed contributes the mean over tasks (or, per task, the
-task's mean over episodes), and the interval is the Student-t interval of `agents.stats`. With a
+task's mean over episodes), and the interval is the Student-t interval of `agents.runs.stats`. With a
 single seed the interval is undefined (NaN).
 """
 
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.atomic import PathLike, atomic_write_bytes, atomic_write_text
-from agents.maml import adapt
+from agents.meta.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
+from agents.runs.atomic import PathLike, atomic_write_bytes, atomic_write_text
+from agents.runs.stats import mean_confidence_interval
 from agents.sampler import Sampler
-from agents.stats import mean_confidence_interval
 from envs.tasks import Goal, Task, Terrain
 
 # ----------------------------------------------------------------------------------------------

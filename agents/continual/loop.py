@@ -22,15 +22,15 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
-from agents.checkpoint import load_checkpoint
-from agents.config import config_to_dict
-from agents.curriculum import CurriculumConfig, Schedule
-from agents.ewc import make_regularizer
-from agents.maml import adapt
+from agents.continual.curriculum import CurriculumConfig, Schedule
+from agents.continual.ewc import make_regularizer
+from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
+from agents.meta.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
-from agents.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
+from agents.runs.checkpoint import load_checkpoint
+from agents.runs.config import config_to_dict
+from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
-from agents.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
 from envs import ENV_IDS
 from envs.tasks import Task
 
