@@ -23,10 +23,17 @@ from typing import Literal
 
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
+from torch.func import vmap
 
 from agents.episodes import Episodes
 from agents.meta.returns import baseline_advantages
-from agents.meta.trpo import conjugate_gradient, flatten_params, hessian_vector_product, line_search
+from agents.meta.trpo import (
+    conjugate_gradient,
+    flatten_params,
+    gauss_newton_vector_product,
+    hessian_vector_product,
+    line_search,
+)
 from agents.policy import GaussianMLPPolicy, Params
 
 EpisodeSource = Episodes | Sequence[Episodes] | Callable[[int, Params], Episodes]
@@ -156,13 +163,62 @@ def adapt_k_steps(
 
 
 @dataclass
-class TaskData:
-    """One task's episodes with their (constant) advantages, computed once per meta-step."""
+class TaskBatch:
+    """All tasks' episodes and (constant) advantages stacked along a leading task axis.
+
+    Each tensor is `[N, T, B, ...]` for N tasks; tasks with fewer steps or episodes are padded with
+    zeros and mask 0, which leaves every masked mean unchanged. Built once per meta-step.
+    """
 
     train: Episodes
     valid: Episodes
     train_advantages: torch.Tensor
     valid_advantages: torch.Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks N."""
+        return int(self.train.mask.shape[0])
+
+    def every(self, k: int) -> TaskBatch:
+        """Every k-th time step of each episode (a view; k=1 is this batch)."""
+        if k == 1:
+            return self
+
+        def strided(e: Episodes) -> Episodes:
+            return Episodes(e.observations[:, ::k], e.actions[:, ::k], e.rewards[:, ::k], e.mask[:, ::k],
+                            e.terminated)
+
+        return TaskBatch(strided(self.train), strided(self.valid), self.train_advantages[:, ::k],
+                         self.valid_advantages[:, ::k])
+
+    def task(self, i: int) -> tuple[Episodes, Episodes, torch.Tensor, torch.Tensor]:
+        """Task i's (padded) train and valid episodes and their advantages."""
+        return _episodes_at(self.train, i), _episodes_at(self.valid, i), self.train_advantages[i], \
+            self.valid_advantages[i]
+
+
+def _episodes_at(stacked: Episodes, i: int) -> Episodes:
+    return Episodes(stacked.observations[i], stacked.actions[i], stacked.rewards[i], stacked.mask[i],
+                    stacked.terminated[i])
+
+
+def _stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack `[T_i, B_i, ...]` tensors into `[N, max T, max B, ...]`, zero-padded."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(2)]
+    out = tensors[0].new_zeros((len(tensors), *shape, *tensors[0].shape[2:]))
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0], : t.shape[1]] = t
+    return out
+
+
+def stack_episodes(episodes: Sequence[Episodes]) -> Episodes:
+    """One `Episodes` whose fields carry a leading task axis (`[N, T, B, ...]`, zero-padded)."""
+    terminated = torch.zeros(len(episodes), max(e.batch_size for e in episodes), dtype=torch.bool)
+    for i, e in enumerate(episodes):
+        terminated[i, : e.batch_size] = e.terminated
+    return Episodes(*(_stack_padded([getattr(e, name) for e in episodes])
+                      for name in ("observations", "actions", "rewards", "mask")), terminated)
 
 
 def prepare_tasks(
@@ -170,17 +226,71 @@ def prepare_tasks(
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
     normalize_advantages: bool = True,
-) -> list[TaskData]:
-    """Fit a linear baseline on each episode set (train and valid separately) -> `TaskData`."""
-    return [
-        TaskData(
-            train,
-            valid,
-            baseline_advantages(train, gamma, gae_lambda, normalize_advantages),
-            baseline_advantages(valid, gamma, gae_lambda, normalize_advantages),
-        )
-        for train, valid in tasks
-    ]
+) -> TaskBatch:
+    """Stack the tasks and fit a linear baseline on each episode set (each task's train and valid apart)."""
+    if not tasks:
+        raise ValueError("prepare_tasks needs at least one task")
+    train = stack_episodes([t for t, _ in tasks])
+    valid = stack_episodes([v for _, v in tasks])
+    return TaskBatch(train, valid, baseline_advantages(train, gamma, gae_lambda, normalize_advantages),
+                     baseline_advantages(valid, gamma, gae_lambda, normalize_advantages))
+
+
+def task_distribution(policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], observations: torch.Tensor
+                      ) -> Independent:
+    """The policy on every task at once: task i's observations (`[N, ..., obs_dim]`) under task i's
+    parameters (each tensor `[N, ...]`); batch shape `[N, ...]`."""
+    mean = vmap(policy.mean)(observations, params)
+    std = vmap(policy.std)(params)
+    return Independent(Normal(mean, std.reshape(std.shape[0], *[1] * (mean.dim() - 2), std.shape[-1])), 1)
+
+
+def task_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`[N]` mean of `x` (`[N, T, B]`) over each task's real steps."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1.0)
+
+
+def adapt_tasks(
+    policy: GaussianMLPPolicy,
+    params: Mapping[str, torch.Tensor],
+    episodes: Episodes,
+    advantages: torch.Tensor,
+    inner_lr: float,
+    num_steps: int = 1,
+    first_order: bool = False,
+) -> Params:
+    """`num_steps` inner SGD steps for every task at once: task i's parameters (`[N, ...]`).
+
+    The same steps as `adapt_k_steps` with one `Episodes` per task, batched: the meta-parameters are
+    broadcast to one copy per task, and the gradient of the sum of the tasks' inner losses with
+    respect to the copies is each task's own gradient (task i's loss depends only on copy i). With
+    `first_order=False` the graph is kept (second-order MAML). Runs in grad mode even inside
+    `torch.no_grad()`.
+
+    Args:
+        policy: the policy architecture.
+        params: meta-parameters, one tensor per name (not modified).
+        episodes: stacked train episodes (`stack_episodes`), `[N, T, B, ...]`.
+        advantages: `[N, T, B]` constant advantages.
+        inner_lr: SGD step size.
+        num_steps: inner steps, all on the same episodes.
+        first_order: drop the second-order terms of the meta-gradient.
+    """
+    n = episodes.mask.shape[0]
+    with torch.enable_grad():
+        current = {
+            name: p.unsqueeze(0).expand(n, *p.shape) if p.requires_grad
+            else p.detach().unsqueeze(0).repeat(n, *[1] * p.dim()).requires_grad_(True)
+            for name, p in params.items()
+        }
+        for _ in range(num_steps):
+            log_probs = task_distribution(policy, current, episodes.observations).log_prob(episodes.actions)
+            loss = -task_means(log_probs * advantages.detach(), episodes.mask).sum()
+            grads = torch.autograd.grad(loss, list(current.values()), create_graph=not first_order, allow_unused=True)
+            current = {name: p if g is None else p - inner_lr * g
+                       for (name, p), g in zip(current.items(), grads, strict=True)}
+    return current
 
 
 @dataclass
@@ -190,31 +300,33 @@ class OuterResult:
     Attributes:
         loss: mean over tasks of the surrogate loss on the valid episodes.
         kl: mean over tasks of the mean KL(old || adapted) on the valid observations.
-        adapted: the adapted parameters of each task (attached to the meta-parameters).
-        distributions: the adapted policy's distribution on each task's valid observations.
+        adapted: every task's adapted parameters, stacked (`[N, ...]`, attached to the meta-parameters).
+        distribution: the adapted policies on the valid observations, batch shape `[N, T, B]`.
     """
 
     loss: torch.Tensor
     kl: torch.Tensor
-    adapted: list[Params]
-    distributions: list[Independent]
+    adapted: Params
+    distribution: Independent
 
 
 def outer_objective(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
-    tasks: Sequence[TaskData],
+    tasks: TaskBatch,
     inner_lr: float,
     num_steps: int = 1,
     first_order: bool = False,
-    old_distributions: Sequence[Independent] | None = None,
+    old_distribution: Independent | None = None,
 ) -> OuterResult:
-    """MAML's outer loss: adapt `params` on each task's train episodes, evaluate on its valid ones.
+    """MAML's outer loss for all tasks at once: adapt `params` on each task's train episodes,
+    evaluate on its valid ones.
 
     Per task: `loss = -mean_real_steps(exp(logp_adapted - logp_old) * advantage)` and
-    `kl = mean_real_steps(KL(old || adapted))`, both averaged over tasks. `old_distributions` are
-    the (detached) sampling policies on the valid observations; None means the adapted policy
-    itself, detached (ratio 1 and KL 0 in value, with the right gradient and Hessian).
+    `kl = mean_real_steps(KL(old || adapted))`, both averaged over tasks. `old_distribution` is the
+    (detached) sampling policies on the valid observations, batch shape `[N, T, B]`; None means the
+    adapted policies themselves, detached (ratio 1 and KL 0 in value, with the right gradient and
+    Hessian). `outer_objective_per_task` computes the same task by task (the reference).
 
     Args:
         policy: the policy architecture.
@@ -223,20 +335,77 @@ def outer_objective(
         inner_lr: inner SGD step size.
         num_steps: inner steps, all on the task's train episodes.
         first_order: FOMAML adaptation (no second-order terms).
-        old_distributions: one per task, on its valid observations.
+        old_distribution: the sampling policies on the valid observations.
     """
-    losses, kls, adapted_all, dists = [], [], [], []
-    for i, task in enumerate(tasks):
-        adapted = adapt_k_steps(policy, params, task.train, inner_lr, num_steps, first_order, task.train_advantages)
-        valid = task.valid
+    adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order)
+    valid = tasks.valid
+    dist = task_distribution(policy, adapted, valid.observations)
+    old = detach_distribution(dist) if old_distribution is None else old_distribution
+    ratio = torch.exp(dist.log_prob(valid.actions) - old.log_prob(valid.actions).detach())
+    loss = -task_means(ratio * tasks.valid_advantages, valid.mask).mean()
+    kl = task_means(kl_divergence(old, dist), valid.mask).mean()
+    return OuterResult(loss, kl, adapted, dist)
+
+
+def outer_objective_per_task(
+    policy: GaussianMLPPolicy,
+    params: Mapping[str, torch.Tensor],
+    tasks: TaskBatch,
+    inner_lr: float,
+    num_steps: int = 1,
+    first_order: bool = False,
+    old_distribution: Independent | None = None,
+) -> OuterResult:
+    """`outer_objective` computed task by task in a Python loop: the reference that the batched
+    objective is tested and benchmarked against (`MAMLConfig.batch_tasks=False`). Same arguments."""
+    losses, kls, adapted_all, locs, scales = [], [], [], [], []
+    for i in range(tasks.num_tasks):
+        train, valid, train_advantages, valid_advantages = tasks.task(i)
+        adapted = adapt_k_steps(policy, params, train, inner_lr, num_steps, first_order, train_advantages)
         dist = policy(valid.observations, adapted)
-        old = detach_distribution(dist) if old_distributions is None else old_distributions[i]
+        old = detach_distribution(dist) if old_distribution is None else _distribution_at(old_distribution, i)
         ratio = torch.exp(dist.log_prob(valid.actions) - old.log_prob(valid.actions).detach())
-        losses.append(-masked_mean(ratio * task.valid_advantages, valid.mask))
+        losses.append(-masked_mean(ratio * valid_advantages, valid.mask))
         kls.append(masked_mean(kl_divergence(old, dist), valid.mask))
         adapted_all.append(adapted)
-        dists.append(dist)
-    return OuterResult(torch.stack(losses).mean(), torch.stack(kls).mean(), adapted_all, dists)
+        locs.append(dist.base_dist.loc)
+        scales.append(dist.base_dist.scale)
+    stacked = {name: torch.stack([a[name] for a in adapted_all]) for name in adapted_all[0]}
+    dist = Independent(Normal(torch.stack(locs), torch.stack(scales)), 1)
+    return OuterResult(torch.stack(losses).mean(), torch.stack(kls).mean(), stacked, dist)
+
+
+def kl_curvature_outputs(
+    policy: GaussianMLPPolicy,
+    params: Mapping[str, torch.Tensor],
+    tasks: TaskBatch,
+    inner_lr: float,
+    num_steps: int = 1,
+    first_order: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The adapted policies' outputs on the valid observations with the outer KL's curvature in them.
+
+    For `gauss_newton_vector_product`: the outer objective's mean KL, `mean_tasks
+    mean_real_steps KL(old || N(mean, std))`, has at `old` the diagonal Hessian `1 / std^2` in
+    each mean and `2 / std^2` in each (state-independent) std, weighted by each step's share of its
+    task's mean and by 1/N. So `J^T M J` with these is the Hessian of `outer_objective(...).kl`
+    at the old policy (its Fisher through the adaptation), without a double backward through it.
+    """
+    adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order)
+    mean = vmap(policy.mean)(tasks.valid.observations, adapted)
+    std = vmap(policy.std)(adapted)
+    mask = tasks.valid.mask.to(mean.dtype)
+    n_tasks = mask.shape[0]
+    steps = mask.sum((1, 2))
+    share = mask / steps.clamp(min=1.0).view(-1, 1, 1) / n_tasks
+    variance = std.detach() ** 2
+    mean_curvature = share.unsqueeze(-1) / variance.view(n_tasks, *[1] * (mean.dim() - 2), -1)
+    std_curvature = 2.0 / variance * (steps > 0).to(mean.dtype).unsqueeze(-1) / n_tasks
+    return [(mean, mean_curvature), (std, std_curvature)]
+
+
+def _distribution_at(dist: Independent, i: int) -> Independent:
+    return Independent(Normal(dist.base_dist.loc[i], dist.base_dist.scale[i]), dist.reinterpreted_batch_ndims)
 
 
 @dataclass
@@ -256,6 +425,8 @@ class MAMLConfig:
     gamma: float = 0.99  # discount factor
     gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
     normalize_advantages: bool = True  # standardise advantages over real steps
+    fisher_every: int = 1  # Fisher-vector products on every k-th step (1: all); the line search sees all
+    reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
 
     def __post_init__(self) -> None:
         positive = ("inner_lr", "max_kl", "outer_lr")
@@ -263,7 +434,7 @@ class MAMLConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("num_inner_steps", "cg_iters", "ls_max_backtracks"):
+        for name in ("num_inner_steps", "cg_iters", "ls_max_backtracks", "fisher_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
@@ -348,15 +519,25 @@ class MAMLTRPO:
         )
         return {name: p.detach() for name, p in adapted.items()}
 
+    def adapt_tasks(self, episodes: Sequence[Episodes]) -> list[Params]:
+        """Detached adapted parameters of every task at once (first order, as `adapt`), one dict per task."""
+        cfg = self.config
+        stacked = stack_episodes(episodes)
+        advantages = baseline_advantages(stacked, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
+        adapted = adapt_tasks(self.policy, self.policy.parameters_dict(), stacked, advantages, cfg.inner_lr,
+                              cfg.num_inner_steps, first_order=True)
+        return [{name: p[i].detach() for name, p in adapted.items()} for i in range(len(episodes))]
+
     def _objective(
         self,
         params: Mapping[str, torch.Tensor],
-        tasks: Sequence[TaskData],
+        tasks: TaskBatch,
         first_order: bool,
-        old: Sequence[Independent] | None = None,
+        old: Independent | None = None,
     ) -> OuterResult:
         cfg = self.config
-        return outer_objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old)
+        objective = outer_objective_per_task if cfg.reference_update else outer_objective
+        return objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old)
 
     def step(self, tasks: Sequence[tuple[Episodes, Episodes]]) -> MetaStepRecord:
         """One meta-update on `(train_episodes, valid_episodes)` pairs, one pair per task."""
@@ -370,7 +551,7 @@ class MAMLTRPO:
         else:
             params = {name: p.detach().requires_grad_(True) for name, p in self.policy.named_parameters()}
         before = self._objective(params, data, cfg.first_order)
-        old = [detach_distribution(d) for d in before.distributions]
+        old = detach_distribution(before.distribution)
         loss_before = before.loss.item()
 
         # Line search and after-step figures only need values: first-order adaptation gives the
@@ -398,8 +579,8 @@ class MAMLTRPO:
 
         t_end = time.perf_counter()
         return MetaStepRecord(
-            pre_adapt_return=_mean_return([t.train for t in data]),
-            post_adapt_return=_mean_return([t.valid for t in data]),
+            pre_adapt_return=_mean_return([train for train, _ in tasks]),
+            post_adapt_return=_mean_return([valid for _, valid in tasks]),
             loss_before=loss_before,
             loss_after=loss_after,
             kl=kl_after,
@@ -416,16 +597,27 @@ class MAMLTRPO:
         self,
         params: Params,
         flat_grad: torch.Tensor,
-        data: Sequence[TaskData],
-        old: Sequence[Independent],
+        data: TaskBatch,
+        old: Independent,
         loss_before: float,
         loss_and_kl: Callable[[Params], tuple[torch.Tensor, torch.Tensor]],
     ) -> tuple[bool, float, float, float]:
         """Natural-gradient step scaled to the KL bound, then line search; writes the policy."""
         cfg = self.config
-        fvp = hessian_vector_product(
-            lambda p: self._objective(p, data, cfg.first_order, old).kl, params, cfg.cg_damping
-        )
+        # The KL's Hessian at the old policy (its Fisher through the adaptation), optionally estimated on
+        # every k-th step (rllab's subsample_factor). The adaptation there uses those steps too, so the KL
+        # is taken against that estimate's own adapted policy (old=None: the KL is 0 and minimal there).
+        fisher_data = data.every(cfg.fisher_every)
+        if cfg.reference_update:
+            fvp = hessian_vector_product(lambda p: self._objective(p, fisher_data, cfg.first_order).kl, params,
+                                         cfg.cg_damping)
+        else:
+            fvp = gauss_newton_vector_product(
+                lambda p: kl_curvature_outputs(self.policy, p, fisher_data, cfg.inner_lr, cfg.num_inner_steps,
+                                               cfg.first_order),
+                params,
+                cfg.cg_damping,
+            )
         step_dir = conjugate_gradient(fvp, flat_grad, iters=cfg.cg_iters)
         # Quadratic model of the KL along the step: 0.5 s^T F s; scale it to reach max_kl.
         shs = 0.5 * (step_dir @ fvp(step_dir)).item()

@@ -8,7 +8,10 @@ derived from (seed, i), so a resumed run continues exactly as an uninterrupted o
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,15 +46,19 @@ class MetaTrainConfig:
     outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update
     max_kl: float = 0.01  # TRPO trust region
     cg_damping: float = 1e-5  # Fisher damping in conjugate gradient
+    fisher_every: int = 5  # Fisher-vector products on every k-th step (1: all; rllab's subsample_factor)
     outer_lr: float = 1e-3  # Adam step size (outer_optimizer: adam)
     gamma: float = 0.99  # discount
     gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
     seed: int = 0  # seeds tasks, env resets, action noise and the initial policy
     checkpoint_every: int = 5  # iterations between checkpoints
     num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
+    update_threads: int | None = None  # torch threads in the meta-update (default: all cores; sampling uses 1)
 
     def __post_init__(self) -> None:
         get_family(self.family)
+        if self.update_threads is not None and self.update_threads < 1:
+            raise ValueError(f"update_threads must be >= 1 or null (all cores), got {self.update_threads}")
         for name in ("iterations", "meta_batch_size", "episodes_per_task", "horizon", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -63,8 +70,23 @@ class MetaTrainConfig:
         """The learner's hyper-parameters."""
         return MAMLConfig(inner_lr=self.inner_lr, num_inner_steps=self.num_inner_steps,
                           first_order=self.first_order, outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
-                          cg_damping=self.cg_damping, outer_lr=self.outer_lr, gamma=self.gamma,
-                          gae_lambda=self.gae_lambda)
+                          cg_damping=self.cg_damping, fisher_every=self.fisher_every, outer_lr=self.outer_lr,
+                          gamma=self.gamma, gae_lambda=self.gae_lambda)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` torch threads (None: every core this process may use).
+
+    Sampling runs one torch thread beside the sampler's own threads; the meta-update has the
+    machine to itself, and its batched tensor operations use every core.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if count is None else count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
@@ -119,12 +141,14 @@ def meta_iteration(learner: MAMLTRPO, sampler: Sampler, config: MetaTrainConfig,
     train = sampler.sample(learner.policy, tasks, config.episodes_per_task,
                            seed=iteration_seed(config.seed, iteration, 1))
     t1 = time.perf_counter()
-    adapted = [learner.adapt(episodes) for episodes in train]
+    with torch_threads(config.update_threads):
+        adapted = learner.adapt_tasks(train)
     t2 = time.perf_counter()
     valid = sampler.sample(learner.policy, tasks, config.episodes_per_task, params=adapted,
                            seed=iteration_seed(config.seed, iteration, 2))
     t3 = time.perf_counter()
-    step = learner.step(list(zip(train, valid, strict=True)))
+    with torch_threads(config.update_threads):
+        step = learner.step(list(zip(train, valid, strict=True)))
     t4 = time.perf_counter()
     sampled = sampler.env_steps - steps_before
     return {

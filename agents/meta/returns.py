@@ -84,12 +84,18 @@ def gae(
     return advantages
 
 
-def masked_normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """`(x - mean) / (std + eps)` with mean and std over real steps only; 0 on padding."""
+def masked_normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, dims: tuple[int, ...] | None = None
+                     ) -> torch.Tensor:
+    """`(x - mean) / (std + eps)` with mean and std over real steps only; 0 on padding.
+
+    `dims`: the axes the statistics are taken over (default: all), e.g. `(1, 2)` for one mean and
+    std per task of a `[N, T, B]` batch.
+    """
     mask = mask.to(x.dtype)
-    count = mask.sum().clamp(min=1.0)
-    mean = (x * mask).sum() / count
-    var = (((x - mean) * mask) ** 2).sum() / count
+    dims = tuple(range(x.dim())) if dims is None else dims
+    count = mask.sum(dims, keepdim=True).clamp(min=1.0)
+    mean = (x * mask).sum(dims, keepdim=True) / count
+    var = (((x - mean) * mask) ** 2).sum(dims, keepdim=True) / count
     return (x - mean) / (var.sqrt() + eps) * mask
 
 
@@ -99,6 +105,9 @@ class LinearFeatureBaseline:
     Features per step: `clip(obs, -10, 10)`, its square, `t/100`, `(t/100)^2`, `(t/100)^3` and a
     bias, where `t` is the step index inside the episode. The clip bounds the feature scale, so the
     absolute ridge term stays meaningful.
+
+    Episodes may carry a leading task axis (`[N, T, B, ...]`, as `agents.meta.maml.stack_episodes`
+    makes them): then one baseline is fitted per task, all in one batched solve.
 
     Args:
         reg_coeff: initial ridge regulariser added to the diagonal of the normal equations.
@@ -114,40 +123,57 @@ class LinearFeatureBaseline:
 
     @staticmethod
     def features(episodes: Episodes) -> torch.Tensor:
-        """`[T, B, 2 * obs_dim + 4]` float64 feature tensor (0 on padding)."""
+        """`[..., T, B, 2 * obs_dim + 4]` float64 feature tensor (0 on padding)."""
         obs = episodes.observations.to(torch.float64).clamp(-10.0, 10.0)
-        horizon, batch = obs.shape[:2]
+        horizon = obs.shape[-3]
         time = torch.arange(horizon, dtype=torch.float64).div(100.0).view(horizon, 1, 1)
-        time = time.expand(horizon, batch, 1)
+        time = time.expand(*obs.shape[:-1], 1)
         feats = torch.cat([obs, obs**2, time, time**2, time**3, torch.ones_like(time)], dim=-1)
         return feats * episodes.mask.to(torch.float64).unsqueeze(-1)
 
     def fit(self, episodes: Episodes, returns: torch.Tensor) -> None:
-        """Fit the weights to `returns` (`[T, B]`) on the real steps of `episodes`."""
-        real = episodes.mask.bool()
-        x = self.features(episodes)[real]
-        y = returns.to(torch.float64)[real]
-        xtx = x.T @ x
-        xty = x.T @ y
-        eye = torch.eye(xtx.shape[0], dtype=torch.float64)
+        """Fit the weights to `returns` (`[..., T, B]`) on the real steps of `episodes`.
+
+        Padding rows of the features are 0, so they add nothing to the normal equations.
+        """
+        feats = self.features(episodes)
+        tasks = feats.shape[:-3]
+        x = feats.reshape(-1, feats.shape[-3] * feats.shape[-2], feats.shape[-1])
+        y = (returns.to(torch.float64) * episodes.mask.to(torch.float64)).reshape(x.shape[0], -1, 1)
+        xtx = x.mT @ x
+        xty = x.mT @ y
+        self.weights = self._solve_all(xtx, xty, x, y).reshape(*tasks, -1)
+
+    def _solve_all(self, xtx: torch.Tensor, xty: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Ridge weights `[N, F]` of every task: one batched Cholesky solve, the failures retried alone."""
+        eye = torch.eye(xtx.shape[-1], dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(xtx + self.reg_coeff * eye)
+        weights = torch.cholesky_solve(xty, chol).squeeze(-1)
+        good = (info == 0) & torch.isfinite(weights).all(-1)
+        for i in torch.nonzero(~good).flatten().tolist():
+            weights[i] = self._solve_one(xtx[i], xty[i], x[i], y[i])
+        return weights
+
+    def _solve_one(self, xtx: torch.Tensor, xty: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One task's ridge weights, the regulariser grown until the solve succeeds, else least squares."""
+        eye = torch.eye(xtx.shape[-1], dtype=torch.float64)
         reg = self.reg_coeff
         for _ in range(self.max_reg_tries):
             chol, info = torch.linalg.cholesky_ex(xtx + reg * eye)
             if int(info) == 0:
-                weights = torch.cholesky_solve(xty.unsqueeze(-1), chol).squeeze(-1)
+                weights = torch.cholesky_solve(xty, chol).squeeze(-1)
                 if torch.isfinite(weights).all():
-                    self.weights = weights
-                    return
+                    return weights
             reg = reg * 10.0 if reg > 0 else 1e-8
         logger.warning("linear baseline: ridge solve failed up to reg=%g; using least squares", reg)
-        weights = torch.linalg.lstsq(x, y.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
-        self.weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
+        weights = torch.linalg.lstsq(x, y, driver="gelsd").solution.squeeze(-1)
+        return torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
 
     def predict(self, episodes: Episodes) -> torch.Tensor:
-        """`[T, B]` predicted values in the rewards' dtype; 0 on padding and before any fit."""
+        """`[..., T, B]` predicted values in the rewards' dtype; 0 on padding and before any fit."""
         if self.weights is None:
             return torch.zeros_like(episodes.rewards)
-        values = self.features(episodes) @ self.weights
+        values = torch.einsum("...tbf,...f->...tb", self.features(episodes), self.weights)
         return values.to(episodes.rewards.dtype)
 
 
@@ -158,26 +184,33 @@ def baseline_advantages(
     normalize: bool = True,
     baseline: LinearFeatureBaseline | None = None,
 ) -> torch.Tensor:
-    """Advantages `[T, B]` of `episodes` against a linear baseline fitted on their own returns.
+    """Advantages `[..., T, B]` of `episodes` against a linear baseline fitted on their own returns.
 
     The baseline is fitted on the discounted returns, then GAE runs with its predictions as
     values (`lam=1` gives returns minus baseline). No bootstrap: `Episodes` carries no observation
     after the final row, so every episode is treated as ending where its mask ends. The result is
     detached; with `normalize` it has zero mean and unit std over real steps (0 on padding).
+    With a leading task axis (`[N, T, B, ...]` episodes) every task gets its own baseline and its
+    own normalisation, computed for all tasks at once.
 
     Args:
-        episodes: one task's episodes.
+        episodes: one task's episodes, or several tasks' stacked.
         gamma: discount factor.
         lam: GAE lambda.
-        normalize: standardise over the real steps.
+        normalize: standardise over the real steps (of each task).
         baseline: the baseline to fit (a fresh `LinearFeatureBaseline` if None).
     """
     rewards = episodes.rewards.detach()
-    returns = discounted_returns(rewards, episodes.mask, gamma)
+    task_axes = rewards.dim() - 2
+    # discounted_returns and gae run along the first axis: put time first for stacked tasks.
+    time_first = (lambda x: x.movedim(task_axes, 0)) if task_axes else (lambda x: x)
+    time_back = (lambda x: x.movedim(0, task_axes)) if task_axes else (lambda x: x)
+    mask = episodes.mask
+    returns = time_back(discounted_returns(time_first(rewards), time_first(mask), gamma))
     baseline = LinearFeatureBaseline() if baseline is None else baseline
     baseline.fit(episodes, returns)
     values = baseline.predict(episodes)
-    advantages = gae(rewards, values, episodes.mask, gamma, lam)
+    advantages = time_back(gae(time_first(rewards), time_first(values), time_first(mask), gamma, lam))
     if normalize:
-        advantages = masked_normalize(advantages, episodes.mask)
+        advantages = masked_normalize(advantages, mask, dims=(-2, -1))
     return advantages.detach()

@@ -99,6 +99,48 @@ def hessian_vector_product(
     return product
 
 
+def gauss_newton_vector_product(
+    fn: Callable[[Params], Sequence[tuple[torch.Tensor, torch.Tensor]]],
+    params: Mapping[str, torch.Tensor],
+    damping: float = 0.0,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return `v -> (J^T M J + damping * I) v`: the Gauss-Newton matrix of a loss of `fn`'s outputs.
+
+    `fn(params)` returns `(output, curvature)` pairs: `J` is the Jacobian of the outputs at `params`
+    and `M` the diagonal curvature of the loss in each output (a constant broadcastable to it). For
+    a loss at its minimum in the outputs (the KL to the old policy, at the old policy), this is the
+    loss's Hessian exactly: the Hessian's other term carries the loss's gradient in the outputs,
+    which is 0 there. It skips the third-order terms a double backward through the loss would
+    evaluate (each then multiplied by that 0). The graph is built once: each product is one
+    backward for `J v` (through the graph of `J^T u`, linear in a dummy `u`) and one for `J^T`.
+
+    Args:
+        fn: `params -> [(output, curvature), ...]`.
+        params: the point at which the matrix is taken.
+        damping: multiple of the identity added (keeps CG well posed).
+    """
+    leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    with torch.enable_grad():
+        pairs = fn(leaves)
+        outputs = [output for output, _ in pairs]
+        curvatures = [curvature.detach() for _, curvature in pairs]
+        dummies = [torch.zeros_like(output, requires_grad=True) for output in outputs]
+        jt_dummy = torch.autograd.grad(outputs, list(leaves.values()), dummies, create_graph=True, allow_unused=True)
+    flat_jt_dummy = _flat_or_zeros(jt_dummy, leaves)
+    if not flat_jt_dummy.requires_grad:  # the outputs do not depend on params
+        return lambda v: damping * v
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            jv = torch.autograd.grad(flat_jt_dummy, dummies, v.detach(), retain_graph=True, allow_unused=True)
+            weighted = [torch.zeros_like(o) if j is None else j * m for o, j, m in zip(outputs, jv, curvatures,
+                                                                                      strict=True)]
+            jtmjv = torch.autograd.grad(outputs, list(leaves.values()), weighted, retain_graph=True, allow_unused=True)
+        return _flat_or_zeros(jtmjv, leaves) + damping * v
+
+    return product
+
+
 def _flat_or_zeros(grads: Sequence[torch.Tensor | None], like: Params) -> torch.Tensor:
     """Flatten gradients, with zeros for parameters the function did not use."""
     return flatten_params(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.distributions import Independent, Normal
 
 from agents.episodes import Episodes
 from agents.meta.maml import (
@@ -11,14 +12,17 @@ from agents.meta.maml import (
     MAMLConfig,
     adapt,
     adapt_k_steps,
+    adapt_tasks,
     detach_distribution,
     inner_loss,
+    kl_curvature_outputs,
     masked_mean,
     outer_objective,
+    outer_objective_per_task,
     prepare_tasks,
 )
 from agents.meta.returns import baseline_advantages
-from agents.meta.trpo import flatten_params, hessian_vector_product, unflatten_params
+from agents.meta.trpo import flatten_params, gauss_newton_vector_product, hessian_vector_product, unflatten_params
 from agents.policy import GaussianMLPPolicy
 
 INNER_LR = 0.5
@@ -100,44 +104,55 @@ def test_adapt_is_one_sgd_step_and_k_steps_compose() -> None:
         adapt_k_steps(policy, params, [train], INNER_LR, num_steps=2)
 
 
-def test_outer_objective_evaluates_the_adapted_parameters() -> None:
+@pytest.mark.parametrize("objective", [outer_objective, outer_objective_per_task])
+def test_outer_objective_evaluates_the_adapted_parameters(objective) -> None:
     policy = make_policy()
     tasks = prepare_tasks(make_tasks(policy))
     params = policy.parameters_dict()
     # Old policy = the unadapted one, so the ratio is not identically 1.
-    old = [detach_distribution(policy(t.valid.observations)) for t in tasks]
-    result = outer_objective(policy, params, tasks, INNER_LR, old_distributions=old)
+    old = detach_distribution(policy(tasks.valid.observations))
+    result = objective(policy, params, tasks, INNER_LR, old_distribution=old)
 
-    by_hand, unadapted = [], []
-    for task, old_dist in zip(tasks, old, strict=True):
-        adapted = adapt(policy, params, task.train, INNER_LR)
+    by_hand, unadapted, kls = [], [], []
+    for i in range(tasks.num_tasks):
+        train, valid, _, valid_advantages = tasks.task(i)
+        old_i = Independent(Normal(old.base_dist.loc[i], old.base_dist.scale[i]), 1)
+        adapted = adapt(policy, params, train, INNER_LR)
         for name in params:
-            torch.testing.assert_close(result.adapted[len(by_hand)][name], adapted[name])
+            torch.testing.assert_close(result.adapted[name][i], adapted[name])
         for store, p in ((by_hand, adapted), (unadapted, params)):
-            logp = policy(task.valid.observations, p).log_prob(task.valid.actions)
-            ratio = torch.exp(logp - old_dist.log_prob(task.valid.actions))
-            store.append(-masked_mean(ratio * task.valid_advantages, task.valid.mask))
+            logp = policy(valid.observations, p).log_prob(valid.actions)
+            ratio = torch.exp(logp - old_i.log_prob(valid.actions))
+            store.append(-masked_mean(ratio * valid_advantages, valid.mask))
+        kls.append(hand_kl(policy, adapted, valid, old_i))
     torch.testing.assert_close(result.loss, torch.stack(by_hand).mean())
     assert abs((result.loss - torch.stack(unadapted).mean()).item()) > 1e-3
-    kl = torch.stack(
-        [hand_kl(policy, adapted, task, o) for adapted, task, o in zip(result.adapted, tasks, old, strict=True)]
-    )
-    torch.testing.assert_close(result.kl, kl.mean())
+    torch.testing.assert_close(result.kl, torch.stack(kls).mean())
     assert result.kl.item() > 1e-4
 
 
-def hand_kl(policy: GaussianMLPPolicy, params, task, old) -> torch.Tensor:
+def test_prepared_tasks_keep_each_tasks_own_advantages() -> None:
+    policy = make_policy()
+    raw = make_tasks(policy)
+    tasks = prepare_tasks(raw)
+    for i, (train, valid) in enumerate(raw):
+        torch.testing.assert_close(tasks.train_advantages[i], baseline_advantages(train))
+        torch.testing.assert_close(tasks.valid_advantages[i], baseline_advantages(valid))
+        torch.testing.assert_close(tasks.task(i)[0].observations, train.observations)
+
+
+def hand_kl(policy: GaussianMLPPolicy, params, valid: Episodes, old) -> torch.Tensor:
     """Mean over real valid steps of KL(old || policy(params)) for diagonal Gaussians, written out."""
-    new = policy(task.valid.observations, params).base_dist
+    new = policy(valid.observations, params).base_dist
     mu0, s0, mu1, s1 = old.base_dist.loc, old.base_dist.scale, new.loc, new.scale
     per_dim = torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5
     kl = per_dim.sum(-1)
-    return (kl * task.valid.mask).sum() / task.valid.mask.sum()
+    return (kl * valid.mask).sum() / valid.mask.sum()
 
 
 def meta_gradient(policy, tasks, first_order: bool, old) -> torch.Tensor:
     params = {k: v.detach().requires_grad_(True) for k, v in policy.named_parameters()}
-    loss = outer_objective(policy, params, tasks, INNER_LR, first_order=first_order, old_distributions=old).loss
+    loss = outer_objective(policy, params, tasks, INNER_LR, first_order=first_order, old_distribution=old).loss
     return flatten_params(dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True)))
 
 
@@ -146,7 +161,7 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     tasks = prepare_tasks(make_tasks(policy))
     params = policy.parameters_dict()
     # Fixed old (sampling) policies: the adapted ones at the starting point.
-    old = [detach_distribution(d) for d in outer_objective(policy, params, tasks, INNER_LR).distributions]
+    old = detach_distribution(outer_objective(policy, params, tasks, INNER_LR).distribution)
 
     second = meta_gradient(policy, tasks, first_order=False, old=old)
     first = meta_gradient(policy, tasks, first_order=True, old=old)
@@ -154,7 +169,7 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     theta = flatten_params({k: v.detach() for k, v in params.items()})
 
     def objective(flat: torch.Tensor) -> float:
-        loss = outer_objective(policy, unflatten_params(flat, params), tasks, INNER_LR, old_distributions=old).loss
+        loss = outer_objective(policy, unflatten_params(flat, params), tasks, INNER_LR, old_distribution=old).loss
         return loss.item()
 
     eps = 1e-6
@@ -179,15 +194,19 @@ def test_mamltrpo_step_is_a_safe_improving_update() -> None:
     data = prepare_tasks(tasks)
     theta0 = {k: v.detach().clone() for k, v in policy.named_parameters()}
     before = outer_objective(policy, theta0, data, INNER_LR)
-    old = [detach_distribution(d) for d in before.distributions]
+    old = detach_distribution(before.distribution)
 
     record = learner.step(tasks)
 
     assert record.step_accepted and 0 < record.step_fraction <= 1
     changed = flatten_params(policy.parameters_dict()).detach() - flatten_params(theta0)
     assert float(changed.abs().max()) > 1e-6
-    after = outer_objective(policy, policy.parameters_dict(), data, INNER_LR, old_distributions=old)
-    kl = torch.stack([hand_kl(policy, a, t, o) for a, t, o in zip(after.adapted, data, old, strict=True)])
+    after = outer_objective(policy, policy.parameters_dict(), data, INNER_LR, old_distribution=old)
+    kl = torch.stack([
+        hand_kl(policy, {name: p[i] for name, p in after.adapted.items()}, data.task(i)[1],
+                Independent(Normal(old.base_dist.loc[i], old.base_dist.scale[i]), 1))
+        for i in range(data.num_tasks)
+    ])
     assert 0 < kl.mean().item() <= config.max_kl * (1 + 1e-6)
     assert after.loss.item() < before.loss.item()
     assert record.loss_after == pytest.approx(after.loss.item(), rel=1e-6)
@@ -228,9 +247,9 @@ def test_trpo_step_follows_the_natural_gradient_to_the_kl_bound() -> None:
     config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-3, cg_iters=60, cg_damping=1e-3)
     data = prepare_tasks(tasks)
     theta0 = {k: v.detach().clone() for k, v in policy.named_parameters()}
-    old = [detach_distribution(d) for d in outer_objective(policy, theta0, data, INNER_LR).distributions]
+    old = detach_distribution(outer_objective(policy, theta0, data, INNER_LR).distribution)
     grad = meta_gradient(policy, data, first_order=False, old=old)
-    fvp = hessian_vector_product(lambda p: outer_objective(policy, p, data, INNER_LR, old_distributions=old).kl, theta0)
+    fvp = hessian_vector_product(lambda p: outer_objective(policy, p, data, INNER_LR, old_distribution=old).kl, theta0)
     n = grad.numel()
     fisher = torch.stack([fvp(e) for e in torch.eye(n, dtype=torch.float64)], dim=1)
     natural = torch.linalg.solve(fisher + config.cg_damping * torch.eye(n, dtype=torch.float64), grad)
@@ -244,3 +263,70 @@ def test_trpo_step_follows_the_natural_gradient_to_the_kl_bound() -> None:
     # The full step is scaled so that the quadratic KL model reaches max_kl.
     quad_kl = 0.5 * step @ (fisher + config.cg_damping * torch.eye(n, dtype=torch.float64)) @ step
     assert quad_kl.item() == pytest.approx(config.max_kl * record.step_fraction**2, rel=1e-3)
+
+
+def test_batched_adaptation_equals_each_tasks_own() -> None:
+    policy = make_policy()
+    raw = make_tasks(policy, goals=(1.0, -1.0, 0.5))
+    tasks = prepare_tasks(raw)
+    params = policy.parameters_dict()
+    for first_order in (False, True):
+        batched = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 2, first_order)
+        for i, (train, _) in enumerate(raw):
+            alone = adapt_k_steps(policy, params, train, INNER_LR, 2, first_order)
+            for name in params:
+                torch.testing.assert_close(batched[name][i], alone[name], rtol=1e-12, atol=1e-12)
+    # The learner's detached version, as the sampler gets it.
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR))
+    for got, (train, _) in zip(learner.adapt_tasks([t for t, _ in raw]), raw, strict=True):
+        want = learner.adapt(train)
+        assert not any(p.requires_grad for p in got.values())
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12)
+
+
+def test_kl_curvature_gives_the_hessian_of_the_outer_kl() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy, goals=(1.0, -1.0, 0.5)))
+    theta = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    v = torch.randn(flatten_params(theta).numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for first_order in (False, True):
+        hessian = hessian_vector_product(
+            lambda p, fo=first_order: outer_objective_per_task(policy, p, tasks, INNER_LR, 2, fo).kl, theta)
+        gauss_newton = gauss_newton_vector_product(
+            lambda p, fo=first_order: kl_curvature_outputs(policy, p, tasks, INNER_LR, 2, fo), theta)
+        torch.testing.assert_close(gauss_newton(v), hessian(v), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fisher_every", [1, 2])
+def test_update_equals_the_per_task_reference_step(fisher_every: int) -> None:
+    tasks = make_tasks(make_policy(), goals=(1.0, -1.0, 0.5, 2.0))
+    steps = {}
+    for reference in (True, False):
+        policy = make_policy()
+        # Five CG iterations keep the residual far above its stopping tolerance, where a rounding-level
+        # difference could decide whether one more iteration runs.
+        config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-2, cg_iters=5, fisher_every=fisher_every,
+                            reference_update=reference)
+        before = flatten_params(policy.parameters_dict()).detach().clone()
+        record = MAMLTRPO(policy, config).step(tasks)
+        assert record.step_accepted
+        steps[reference] = flatten_params(policy.parameters_dict()).detach() - before
+    assert float(steps[True].abs().max()) > 1e-3
+    torch.testing.assert_close(steps[False], steps[True], rtol=0, atol=1e-6)
+
+
+def test_fisher_on_every_kth_step_changes_only_the_curvature() -> None:
+    tasks = make_tasks(make_policy(), goals=(1.0, -1.0, 0.5, 2.0))
+    prepared = prepare_tasks(tasks)
+    assert prepared.every(2).valid.observations.shape[1] == 3
+    torch.testing.assert_close(prepared.every(2).valid_advantages, prepared.valid_advantages[:, ::2])
+    results = {}
+    for every in (1, 2):
+        policy = make_policy()
+        config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-2, fisher_every=every)
+        record = MAMLTRPO(policy, config).step(tasks)
+        # The line search checks the KL and the surrogate on every step, whatever the Fisher saw.
+        assert record.step_accepted and 0 < record.kl <= config.max_kl and record.loss_after < record.loss_before
+        results[every] = flatten_params(policy.parameters_dict()).detach()
+    assert float((results[1] - results[2]).abs().max()) > 1e-6

@@ -9,6 +9,7 @@ import torch
 from agents.meta.trpo import (
     conjugate_gradient,
     flatten_params,
+    gauss_newton_vector_product,
     hessian_vector_product,
     line_search,
     unflatten_params,
@@ -105,3 +106,35 @@ def test_line_search_rejects_when_nothing_improves() -> None:
     # Improving steps that all break the KL bound are rejected too.
     _, tight = line_search(start, target.clone(), loss_and_kl, max_kl=1e-6, max_backtracks=4)
     assert not tight.accepted
+
+
+def test_gauss_newton_product_is_jt_m_j_and_the_hessian_at_a_minimum() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    params = {"w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
+              "b": torch.randn(2, generator=gen, dtype=torch.float64)}
+    curvature = torch.rand(7, 2, generator=gen, dtype=torch.float64) + 0.5
+
+    def outputs(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.tanh(x @ p["w"] + p["b"])
+
+    gn = gauss_newton_vector_product(lambda p: [(outputs(p), curvature)], params, damping=0.1)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda flat: outputs(unflatten_params(flat, params)).reshape(-1), flatten_params(params))
+    explicit = jacobian.T @ torch.diag(curvature.reshape(-1)) @ jacobian + 0.1 * torch.eye(8, dtype=torch.float64)
+    for v in torch.eye(8, dtype=torch.float64):
+        torch.testing.assert_close(gn(v), explicit @ v)
+
+    # A weighted squared distance to fixed targets has curvature 2 * weight in each output. At the
+    # targets (its minimum) the Gauss-Newton matrix is its Hessian; away from them it is not.
+    target = outputs(params).detach()
+
+    def loss(p: dict[str, torch.Tensor], shift: float = 0.0) -> torch.Tensor:
+        return (0.5 * curvature * (outputs(p) - target - shift) ** 2).sum()
+
+    at_minimum = hessian_vector_product(loss, params)
+    away = hessian_vector_product(lambda p: loss(p, shift=0.3), params)
+    gn_plain = gauss_newton_vector_product(lambda p: [(outputs(p), curvature)], params)
+    v = torch.randn(8, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(gn_plain(v), at_minimum(v), rtol=1e-10, atol=1e-12)
+    assert float((gn_plain(v) - away(v)).norm()) > 1e-3
