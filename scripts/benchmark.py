@@ -8,8 +8,10 @@ Writes runs/bench/benchmark.json and runs/bench/benchmark.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
@@ -28,6 +30,7 @@ from envs import ENV_IDS
 from envs.locomotion import LocomotionEnv, build_model
 from envs.tasks import Task, Terrain
 
+PARTS = ("env", "sampler", "meta", "memory", "fisher")  # fisher: a learning check (minutes), not in the default
 GYMNASIUM_PEERS = {"cheetah": "HalfCheetah-v5", "quadruped": "Ant-v5", "walker": "Walker2d-v5"}
 TERRAINS = {"flat": Task(), "rough": Task(Terrain("rough", 0.5, 0))}
 
@@ -73,17 +76,19 @@ def threaded_raw_steps_per_second(robot: str, n_threads: int, n_steps: int) -> f
 
 
 def median_of(repeats: int, contenders: dict[str, Callable[[], float]],
-              ratios: dict[str, tuple[str, str]]) -> dict[str, float]:
+              ratios: dict[str, tuple[str, str]]) -> dict[str, Any]:
     """Median of each contender's figure, running them interleaved `repeats` times, and for each
     named ratio (a, b) the median of the per-repeat ratios a / b (robust to the machine drifting
-    between repeats, since both figures of a ratio come from the same repeat)."""
+    between repeats, since both figures of a ratio come from the same repeat). Each figure's spread
+    over the repeats is kept as `spread[name] = [min, max]`."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, run in contenders.items():
             samples[name].append(run())
-    result = {name: statistics.median(values) for name, values in samples.items()}
     for name, (a, b) in ratios.items():
-        result[name] = statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+        samples[name] = [x / y for x, y in zip(samples[a], samples[b], strict=True)]
+    result: dict[str, Any] = {name: statistics.median(values) for name, values in samples.items()}
+    result["spread"] = {name: [min(values), max(values)] for name, values in samples.items()}
     return result
 
 
@@ -95,12 +100,15 @@ def bench_env_steps(robot: str, terrain: str, n_steps: int, repeats: int) -> dic
     peer_actions = np.random.default_rng(0).uniform(
         peer.action_space.low, peer.action_space.high, (n_steps, *peer.action_space.shape)).astype(np.float32)
     raw_env = ours.unwrapped
-    result = median_of(repeats, {
+    contenders = {
         "ours": lambda: steps_per_second(ours, actions),
-        "gymnasium": lambda: steps_per_second(peer, peer_actions),
         "raw_limit": lambda: raw_steps_per_second(raw_env.model, raw_env.data, raw_env.frame_skip, actions),
-    }, {"ours_over_gymnasium": ("ours", "gymnasium"), "ours_over_limit": ("ours", "raw_limit")})
-    return result
+    }
+    ratios = {"ours_over_limit": ("ours", "raw_limit")}
+    if terrain == "flat":  # Gymnasium's MuJoCo envs have flat ground only: no peer for the rest
+        contenders["gymnasium"] = lambda: steps_per_second(peer, peer_actions)
+        ratios["ours_over_gymnasium"] = ("ours", "gymnasium")
+    return median_of(repeats, contenders, ratios)
 
 
 def bench_task_switch(robot: str, repeats: int) -> dict[str, float]:
@@ -176,11 +184,77 @@ def bench_sampler(num_envs: int, horizon: int, repeats: int) -> dict[str, float]
     }, {"ours_over_gymnasium": ("ours", "gymnasium_loop"), "ours_over_one_thread_raw": ("ours", "one_thread_raw"),
         "ours_over_measured_limit": ("ours", "two_thread_raw")})
     result["ours_over_two_core_limit"] = result["ours_over_one_thread_raw"] / 2
+    result["spread"]["ours_over_two_core_limit"] = [x / 2 for x in result["spread"]["ours_over_one_thread_raw"]]
     return result
 
 
-def bench_meta_iteration(quick: bool) -> dict[str, float]:
-    """One MAML-TRPO iteration of the default cheetah config: wall time and where it goes."""
+# mode -> (meta-training config fields, learner fields) over the default cheetah config.
+META_MODES: dict[str, tuple[dict, dict]] = {
+    # The code before the meta-update was batched: a per-task loop, the Fisher by double backward on
+    # every step, one torch thread.
+    "reference": ({"fisher_every": 1, "update_threads": 1}, {"reference_update": True}),
+    # The same step (equal to rounding, tested): all tasks at once, the Gauss-Newton Fisher, all cores.
+    "batched_exact": ({"fisher_every": 1}, {}),
+    # The default config: as above with the Fisher on every 5th step (rllab's subsample_factor).
+    "default": ({}, {}),
+}
+
+
+def bench_meta_iteration(quick: bool, repeats: int) -> dict:
+    """MAML-TRPO meta-iterations of the default cheetah config in each of `META_MODES`, interleaved:
+    wall time and where it goes (medians), and each mode's speed-up over the reference (median of
+    per-repeat ratios). Every mode runs on the same sampled data: iteration 1 of the same seed."""
+    import torch
+
+    from agents.meta.maml import MAMLTRPO
+    from agents.meta.meta_train import MetaTrainConfig, meta_iteration
+    from agents.policy import GaussianMLPPolicy
+    from agents.runs.config import config_from_dict
+    from agents.runs.rundir import load_yaml
+    from agents.sampler import Sampler
+
+    torch.set_num_threads(1)
+    raw = load_yaml(Path(__file__).resolve().parent.parent / "assets/configs/maml_cheetah_velocity.yaml")
+    if quick:
+        raw |= {"meta_batch_size": 8, "episodes_per_task": 5}
+    sampler = Sampler("cheetah", raw["horizon"])
+    configs = {mode: config_from_dict(MetaTrainConfig, raw | fields) for mode, (fields, _) in META_MODES.items()}
+
+    def one_iteration(mode: str) -> dict:
+        config = configs[mode]
+        torch.manual_seed(config.seed)
+        policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes)
+        learner = MAMLTRPO(policy, dataclasses.replace(config.maml_config(), **META_MODES[mode][1]))
+        sampler.seconds = {"simulate": 0.0, "policy": 0.0}
+        record = meta_iteration(learner, sampler, config, 1)
+        parts = {"simulation": sampler.seconds["simulate"], "policy_forward": sampler.seconds["policy"],
+                 "adaptation": record["time_adapt"], "outer_update": record["time_meta_update"]}
+        parts["other_sampling"] = max(record["time_sample"] - parts["simulation"] - parts["policy_forward"], 0.0)
+        return {"wall_s": record["time_iteration"], **{f"{k}_s": v for k, v in parts.items()}}
+
+    one_iteration("default")  # warm-up: builds the batched envs
+    samples: dict[str, list[dict]] = {mode: [] for mode in configs}
+    for _ in range(repeats):
+        for mode in configs:
+            samples[mode].append(one_iteration(mode))
+    result: dict = {"tasks": configs["default"].meta_batch_size,
+                    "episodes_per_task": configs["default"].episodes_per_task,
+                    "env_steps": 2 * configs["default"].meta_batch_size * configs["default"].episodes_per_task
+                    * configs["default"].horizon, "repeats": repeats, "modes": {}}
+    for mode, runs in samples.items():
+        row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        row |= {key.removesuffix("_s") + "_share": statistics.median(run[key] / run["wall_s"] for run in runs)
+                for key in runs[0] if key != "wall_s"}
+        row["wall_s_range"] = [min(run["wall_s"] for run in runs), max(run["wall_s"] for run in runs)]
+        speedups = [ref["wall_s"] / run["wall_s"] for ref, run in zip(samples["reference"], runs, strict=True)]
+        row["speedup_over_reference"] = statistics.median(speedups)
+        row["speedup_range"] = [min(speedups), max(speedups)]
+        result["modes"][mode] = row
+    return result
+
+
+def bench_meta_peak_memory(quick: bool) -> float:
+    """Peak resident MiB of a process that runs default meta-iterations only (run it isolated)."""
     import torch
 
     from agents.meta.maml import MAMLTRPO
@@ -197,16 +271,79 @@ def bench_meta_iteration(quick: bool) -> dict[str, float]:
     config = config_from_dict(MetaTrainConfig, raw)
     sampler = Sampler("cheetah", config.horizon)
     learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes), config.maml_config())
-    meta_iteration(learner, sampler, config, 0)  # warm-up: builds the batched envs
-    sampler.seconds = {"simulate": 0.0, "policy": 0.0}
-    record = meta_iteration(learner, sampler, config, 1)
-    total = record["time_iteration"]
-    parts = {"simulation": sampler.seconds["simulate"], "policy_forward": sampler.seconds["policy"],
-             "adaptation": record["time_adapt"], "outer_update": record["time_meta_update"]}
-    parts["other_sampling"] = max(record["time_sample"] - parts["simulation"] - parts["policy_forward"], 0.0)
-    return {"tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task,
-            "env_steps": record["env_steps"], "wall_s": total, **{f"{k}_s": v for k, v in parts.items()},
-            **{f"{k}_share": v / total for k, v in parts.items()}}
+    for iteration in range(2):
+        meta_iteration(learner, sampler, config, iteration)
+    return peak_memory_mb()
+
+
+def bench_task_switch_memory(switches: int) -> dict[str, float]:
+    """Resident memory growth over `switches` task switches of a cheetah with a renderer attached
+    (set_task + reset + one rendered frame each, the heightfield re-uploaded every time); run isolated.
+    Growth is counted after a warm-up that fills the terrain cache (256 heightfields, a bounded cost)."""
+    from envs.tasks import TaskDistribution
+
+    env = LocomotionEnv("cheetah", render_mode="rgb_array")
+    warm_up = 300  # more than the 256 heightfields that envs.locomotion keeps cached
+    tasks = TaskDistribution("cheetah_terrain", seed=0).sample(switches + warm_up)
+    for task in tasks[:warm_up]:
+        env.reset(seed=0, options={"task": task})
+        env.render()
+    before = current_memory_mb()
+    start = time.perf_counter()
+    for task in tasks[warm_up:]:
+        env.reset(seed=0, options={"task": task})
+        env.render()
+    seconds = time.perf_counter() - start
+    after = current_memory_mb()
+    env.close()
+    return {"switches": switches, "rss_before_mb": before, "rss_after_mb": after, "growth_mb": after - before,
+            "seconds_per_switch_and_frame": seconds / switches}
+
+
+def check_fisher_every(iterations: int, seeds: list[int], settings: tuple[int, ...] = (1, 5)) -> dict:
+    """Does a Fisher on every k-th step change what meta-training learns? Meta-trains the default
+    cheetah velocity config for `iterations` iterations per seed and setting (same seeds, so the first
+    iteration's data are shared) and reports each run's post-adaptation return over its last 10
+    iterations, the paired difference per seed and the outer update's seconds."""
+    import torch
+
+    from agents.meta.maml import MAMLTRPO
+    from agents.meta.meta_train import MetaTrainConfig, meta_iteration
+    from agents.policy import GaussianMLPPolicy
+    from agents.runs.config import config_from_dict
+    from agents.runs.rundir import load_yaml
+    from agents.sampler import Sampler
+
+    torch.set_num_threads(1)
+    raw = load_yaml(Path(__file__).resolve().parent.parent / "assets/configs/maml_cheetah_velocity.yaml")
+    sampler = Sampler("cheetah", raw["horizon"])
+    runs: dict[str, dict] = {}
+    for seed in seeds:
+        for every in settings:
+            config = config_from_dict(MetaTrainConfig, raw | {"seed": seed, "fisher_every": every,
+                                                              "iterations": iterations})
+            torch.manual_seed(seed)
+            learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes),
+                               config.maml_config())
+            records = [meta_iteration(learner, sampler, config, i) for i in range(iterations)]
+            tail = records[-10:]
+            runs[f"every{every}/seed{seed}"] = {
+                "post_adapt_return_last10": statistics.mean(r["post_adapt_return"] for r in tail),
+                "pre_adapt_return_last10": statistics.mean(r["pre_adapt_return"] for r in tail),
+                "update_s_median": statistics.median(r["time_meta_update"] for r in records),
+                "post_adapt_return": [r["post_adapt_return"] for r in records]}
+            print(f"fisher every {every} seed {seed}: post-adapt return (last 10) "
+                  f"{runs[f'every{every}/seed{seed}']['post_adapt_return_last10']:.1f}", flush=True)
+    paired = {f"every{k}_minus_every{settings[0]}": [runs[f"every{k}/seed{s}"]["post_adapt_return_last10"]
+                                                     - runs[f"every{settings[0]}/seed{s}"]["post_adapt_return_last10"]
+                                                     for s in seeds] for k in settings[1:]}
+    return {"iterations": iterations, "seeds": seeds, "runs": runs, "paired_difference_per_seed": paired}
+
+
+def current_memory_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def isolated(fn: Callable[..., Any], *args: Any) -> Any:
@@ -225,40 +362,82 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def to_markdown(results: dict) -> str:
-    """The benchmark's tables as Markdown."""
-    lines = ["# MetaLoco benchmark", "", f"machine: {results['machine']}", "",
-             "## Env steps per second (single env, medians; ratios: medians of per-repeat ratios)", "",
-             "| robot | terrain | ours | Gymnasium | raw limit | ours/Gymnasium | ours/limit |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for key, row in results["env_steps"].items():
-        robot, terrain = key.split("/")
-        lines.append(f"| {robot} ({GYMNASIUM_PEERS[robot]}) | {terrain} | {row['ours']:,.0f} | {row['gymnasium']:,.0f}"
-                     f" | {row['raw_limit']:,.0f} | {row['ours_over_gymnasium']:.2f} | {row['ours_over_limit']:.2f} |")
-    lines += ["", "## Task switch (seconds per switch, medians; speed-up: median of per-repeat ratios)", "",
-              "| robot | set_task + reset | recompile | speed-up |", "|---|---:|---:|---:|"]
-    for robot, row in results["task_switch"].items():
-        lines.append(f"| {robot} | {row['set_task_reset_s'] * 1e3:.3f} ms | {row['recompile_s'] * 1e3:.2f} ms"
-                     f" | {row['speedup']:.0f}x |")
-    lines += ["", "## Sampler (cheetah, flat, 64x64 policy; env steps/s incl. the policy, medians)", "",
-              "Limits measured in the same repeats: one thread's raw frame_skip x mj_step (the 2-core limit is"
-              " twice that) and two threads stepping raw physics at once. Ratios: medians of per-repeat ratios.", "",
-              "| envs | ours | Gymnasium SyncVectorEnv loop | ours/Gymnasium | 1-thread raw | 2-thread raw"
-              " | ours / 2-core limit | ours / 2-thread raw | peak MiB |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for n, row in results["sampler"].items():
-        lines.append(f"| {n} | {row['ours']:,.0f} | {row['gymnasium_loop']:,.0f} | {row['ours_over_gymnasium']:.2f} | "
-                     f"{row['one_thread_raw']:,.0f} | {row['two_thread_raw']:,.0f} | "
-                     f"{row['ours_over_two_core_limit']:.2f} | {row['ours_over_measured_limit']:.2f} | "
-                     f"{row['peak_mb']:.0f} |")
-    meta = results["meta_iteration"]
-    lines += ["",
-              f"## One MAML-TRPO meta-iteration ({meta['tasks']} tasks x {meta['episodes_per_task']} episodes, "
-              f"{meta['env_steps']:,} env steps): {meta['wall_s']:.1f} s, peak {meta['peak_mb']:.0f} MiB", "",
-              "| part | seconds | share |", "|---|---:|---:|"]
-    for part in ("simulation", "policy_forward", "other_sampling", "adaptation", "outer_update"):
-        lines.append(f"| {part.replace('_', ' ')} | {meta[part + '_s']:.2f} | {meta[part + '_share']:.0%} |")
-    lines += ["", f"peak memory of the env benchmarks: {results['peak_memory_mb']:.0f} MiB", ""]
+def _spread(row: dict, key: str, fmt: str) -> str:
+    """`median (min-max)` of one figure of a benchmark row."""
+    low, high = row["spread"][key]
+    return f"{row[key]:{fmt}} ({low:{fmt}}-{high:{fmt}})"
+
+
+def to_markdown(results: dict, level: int = 1) -> str:
+    """The benchmark's tables as Markdown (medians, with the min-max over repeats in brackets);
+    `level` is the heading level of the title (README sections use a deeper one)."""
+    head = "#" * level
+    lines = [f"{head} MetaLoco benchmark", "",
+             f"{results['machine']}; {results['repeats']} repeats, contenders interleaved within each; "
+             "every ratio is the median of per-repeat ratios (both figures from the same repeat).", ""]
+    if results.get("env_steps"):
+        lines += [f"{head}# Env steps per second (single env)", "",
+                  "| robot | terrain | ours | Gymnasium | raw `frame_skip x mj_step` limit | ours / Gymnasium "
+                  "| ours / limit |", "|---|---|---:|---:|---:|---:|---:|"]
+        for key, row in results["env_steps"].items():
+            robot, terrain = key.split("/")
+            peer = (f"{row['gymnasium']:,.0f} ({GYMNASIUM_PEERS[robot]})", _spread(row, "ours_over_gymnasium", ".2f")) \
+                if "gymnasium" in row else ("none (Gymnasium has flat ground only)", "")
+            lines.append(f"| {robot} | {terrain} | {row['ours']:,.0f} | {peer[0]} | {row['raw_limit']:,.0f} | "
+                         f"{peer[1]} | {_spread(row, 'ours_over_limit', '.2f')} |")
+    if results.get("task_switch"):
+        lines += ["", f"{head}# Task switch in place vs recompiling", "",
+                  "| robot | set_task + reset | recompile | speed-up |", "|---|---:|---:|---:|"]
+        for robot, row in results["task_switch"].items():
+            lines.append(f"| {robot} | {row['set_task_reset_s'] * 1e3:.3f} ms | {row['recompile_s'] * 1e3:.2f} ms"
+                         f" | {_spread(row, 'speedup', '.0f')}x |")
+    if results.get("sampler"):
+        lines += ["", f"{head}# Sampler (cheetah, flat, 64x64 policy; env steps/s including the policy)", "",
+                  "Limits measured in the same repeats: two threads stepping raw physics at once (what the two "
+                  "cores really give) and one thread's raw `frame_skip x mj_step` times two.", "",
+                  "| envs | ours | Gymnasium SyncVectorEnv loop | ours / loop | ours / 2-thread raw "
+                  "| ours / (2 x 1-thread raw) | peak MiB |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for n, row in results["sampler"].items():
+            lines.append(f"| {n} | {row['ours']:,.0f} | {row['gymnasium_loop']:,.0f} | "
+                         f"{_spread(row, 'ours_over_gymnasium', '.2f')} | "
+                         f"{_spread(row, 'ours_over_measured_limit', '.2f')} | "
+                         f"{_spread(row, 'ours_over_two_core_limit', '.2f')} | {row['peak_mb']:.0f} |")
+    if results.get("meta_iteration"):
+        meta = results["meta_iteration"]
+        lines += ["", f"{head}# MAML-TRPO meta-iteration ({meta['tasks']} tasks x {meta['episodes_per_task']} "
+                      f"episodes, {meta['env_steps']:,} env steps; {meta['repeats']} interleaved repeats)", "",
+                  "`reference`: the per-task loop with the Fisher by double backward on every step, one torch "
+                  "thread (the code before batching). `batched_exact`: all tasks at once, the Gauss-Newton "
+                  "Fisher, every core in the update (the same step, tested). `default`: batched, with the Fisher "
+                  "on every k-th step (the default config).", "",
+                  "| mode | seconds | speed-up | simulation | policy forward | other sampling "
+                  "| adaptation | outer update |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for mode, row in meta["modes"].items():
+            low, high = row["wall_s_range"]
+            slow, shigh = row["speedup_range"]
+            shares = " | ".join(f"{row[part + '_share']:.0%}" for part in
+                                ("simulation", "policy_forward", "other_sampling", "adaptation", "outer_update"))
+            lines.append(f"| {mode} | {row['wall_s']:.2f} ({low:.2f}-{high:.2f}) | "
+                         f"{row['speedup_over_reference']:.2f}x ({slow:.2f}-{shigh:.2f}) | {shares} |")
+        lines += ["", f"Peak resident memory of a process running default meta-iterations: {meta['peak_mb']:.0f} MiB."]
+    if results.get("memory"):
+        mem = results["memory"]
+        lines += ["", f"{head}# Memory over {mem['switches']} task switches with a renderer attached", "",
+                  f"Resident memory {mem['rss_before_mb']:.0f} MiB -> {mem['rss_after_mb']:.0f} MiB "
+                  f"({mem['growth_mb']:+.1f} MiB), counted after a warm-up that fills the terrain cache; "
+                  f"{mem['seconds_per_switch_and_frame'] * 1e3:.1f} ms per switch and software-rendered frame."]
+    if results.get("fisher_check"):
+        check = results["fisher_check"]
+        lines += ["", f"{head}# Fisher on every k-th step: a meta-training check ({check['iterations']} "
+                      f"iterations, seeds {', '.join(map(str, check['seeds']))})", "",
+                  "| run | post-adaptation return, last 10 iterations | outer update s (median) |", "|---|---:|---:|"]
+        for name, run in check["runs"].items():
+            lines.append(f"| {name} | {run['post_adapt_return_last10']:.1f} | {run['update_s_median']:.2f} |")
+        for name, diffs in check["paired_difference_per_seed"].items():
+            lines += ["", f"{name}, per seed: {', '.join(f'{d:+.1f}' for d in diffs)}"]
+    if "peak_memory_mb" in results:
+        lines += ["", f"Peak resident memory of the env benchmarks: {results['peak_memory_mb']:.0f} MiB."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -267,37 +446,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under 2 minutes)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=[p for p in PARTS if p != "fisher"],
+                        help="what to measure (default: all but the fisher learning check)")
+    parser.add_argument("--fisher-iterations", type=int, default=30, help="meta-iterations per run of the fisher check")
+    parser.add_argument("--fisher-seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the fisher check")
+    parser.add_argument("--fisher-settings", type=int, nargs="+", default=[1, 5, 10],
+                        help="fisher_every values of the fisher check (the first is the one compared against)")
     args = parser.parse_args()
     n_steps, repeats = (1000, 3) if args.quick else (5000, 5)
 
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}, "
                                 f"mujoco {mujoco.__version__}, gymnasium {gym.__version__}",
-                     "n_steps": n_steps, "repeats": repeats, "env_steps": {}, "task_switch": {}}
-    for robot in GYMNASIUM_PEERS:
-        for terrain in TERRAINS:
-            row = bench_env_steps(robot, terrain, n_steps, repeats)
-            results["env_steps"][f"{robot}/{terrain}"] = row
-            print(f"{robot:9s} {terrain:5s} ours {row['ours']:8,.0f}/s  gymnasium {row['gymnasium']:8,.0f}/s  "
-                  f"limit {row['raw_limit']:8,.0f}/s  ratio {row['ours_over_gymnasium']:.2f}", flush=True)
-        row = bench_task_switch(robot, repeats)
-        results["task_switch"][robot] = row
-        print(f"{robot:9s} task switch {row['set_task_reset_s'] * 1e3:.3f} ms vs recompile "
-              f"{row['recompile_s'] * 1e3:.2f} ms ({row['speedup']:.0f}x)", flush=True)
-    results["peak_memory_mb"] = peak_memory_mb()
-    results["sampler"] = {}
-    for num_envs in (1, 8, 64):
-        row, peak = isolated(bench_sampler, num_envs, 100 if args.quick else 200, repeats)
-        row["peak_mb"] = peak
-        results["sampler"][num_envs] = row
-        print(f"sampler {num_envs:3d} envs: ours {row['ours']:8,.0f}/s  gymnasium loop {row['gymnasium_loop']:8,.0f}/s"
-              f"  ratio {row['ours_over_gymnasium']:.2f}  of 2-core limit {row['ours_over_two_core_limit']:.2f}"
-              f"  of measured 2-thread limit {row['ours_over_measured_limit']:.2f}",
-              flush=True)
-    meta, peak = isolated(bench_meta_iteration, args.quick)
-    results["meta_iteration"] = meta | {"peak_mb": peak}
-    print(f"meta-iteration {meta['wall_s']:.1f} s: simulation {meta['simulation_share']:.0%}, policy "
-          f"{meta['policy_forward_share']:.0%}, adaptation {meta['adaptation_share']:.0%}, outer update "
-          f"{meta['outer_update_share']:.0%}", flush=True)
+                     "n_steps": n_steps, "repeats": repeats, "parts": args.parts}
+    if "env" in args.parts:
+        results["env_steps"], results["task_switch"] = {}, {}
+        for robot in GYMNASIUM_PEERS:
+            for terrain in TERRAINS:
+                row = bench_env_steps(robot, terrain, n_steps, repeats)
+                results["env_steps"][f"{robot}/{terrain}"] = row
+                peer = f"gymnasium {row['gymnasium']:8,.0f}/s  ratio {row['ours_over_gymnasium']:.2f}" \
+                    if "gymnasium" in row else "(no Gymnasium peer)"
+                print(f"{robot:9s} {terrain:5s} ours {row['ours']:8,.0f}/s  limit {row['raw_limit']:8,.0f}/s  {peer}",
+                      flush=True)
+            row = bench_task_switch(robot, repeats)
+            results["task_switch"][robot] = row
+            print(f"{robot:9s} task switch {row['set_task_reset_s'] * 1e3:.3f} ms vs recompile "
+                  f"{row['recompile_s'] * 1e3:.2f} ms ({row['speedup']:.0f}x)", flush=True)
+        results["peak_memory_mb"] = peak_memory_mb()
+    if "sampler" in args.parts:
+        results["sampler"] = {}
+        for num_envs in (1, 8, 64):
+            row, peak = isolated(bench_sampler, num_envs, 100 if args.quick else 200, repeats)
+            row["peak_mb"] = peak
+            results["sampler"][num_envs] = row
+            print(f"sampler {num_envs:3d} envs: ours {row['ours']:8,.0f}/s  gymnasium loop "
+                  f"{row['gymnasium_loop']:8,.0f}/s  ratio {row['ours_over_gymnasium']:.2f}  of 2-core limit "
+                  f"{row['ours_over_two_core_limit']:.2f}  of measured 2-thread limit "
+                  f"{row['ours_over_measured_limit']:.2f}", flush=True)
+    if "meta" in args.parts:
+        meta, _ = isolated(bench_meta_iteration, args.quick, 2 if args.quick else 3)
+        meta["peak_mb"], _ = isolated(bench_meta_peak_memory, args.quick)
+        results["meta_iteration"] = meta
+        for mode, row in meta["modes"].items():
+            print(f"meta-iteration {mode:13s} {row['wall_s']:5.2f} s ({row['speedup_over_reference']:.2f}x the "
+                  f"reference): simulation {row['simulation_share']:.0%}, policy {row['policy_forward_share']:.0%}, "
+                  f"adaptation {row['adaptation_share']:.0%}, outer update {row['outer_update_share']:.0%}",
+                  flush=True)
+    if "memory" in args.parts:
+        results["memory"], _ = isolated(bench_task_switch_memory, 200 if args.quick else 1000)
+        print(f"memory: {results['memory']['growth_mb']:+.1f} MiB over {results['memory']['switches']} task "
+              "switches with a renderer", flush=True)
+
+    if "fisher" in args.parts:
+        results["fisher_check"] = check_fisher_every(args.fisher_iterations, args.fisher_seeds,
+                                                     tuple(args.fisher_settings))
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "benchmark.json", json.dumps(results, indent=2))

@@ -330,3 +330,25 @@ def test_fisher_on_every_kth_step_changes_only_the_curvature() -> None:
         assert record.step_accepted and 0 < record.kl <= config.max_kl and record.loss_after < record.loss_before
         results[every] = flatten_params(policy.parameters_dict()).detach()
     assert float((results[1] - results[2]).abs().max()) > 1e-6
+
+
+def test_tasks_of_different_sizes_are_padded_without_changing_the_objective() -> None:
+    policy = make_policy()
+    raw = [(make_episodes(policy, 1.0, seed=1, horizon=6, batch=3), make_episodes(policy, 1.0, seed=2, horizon=4)),
+           (make_episodes(policy, -1.0, seed=3, horizon=5, batch=5), make_episodes(policy, -1.0, seed=4, batch=2))]
+    tasks = prepare_tasks(raw)
+    assert tasks.train.observations.shape[:3] == (2, 6, 5)
+    params = policy.parameters_dict()
+    result = outer_objective(policy, params, tasks, INNER_LR)
+    losses = []
+    for train, valid in raw:  # unpadded, one task at a time
+        adapted = adapt(policy, params, train, INNER_LR)
+        dist = policy(valid.observations, adapted)
+        old = detach_distribution(dist)
+        ratio = torch.exp(dist.log_prob(valid.actions) - old.log_prob(valid.actions))
+        losses.append(-masked_mean(ratio * baseline_advantages(valid), valid.mask))
+    torch.testing.assert_close(result.loss, torch.stack(losses).mean())
+    grads = torch.autograd.grad(result.loss, list(params.values()))
+    want = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))
+    for got, expected in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, expected)
