@@ -8,8 +8,9 @@ named tensors directly (what `torch.func.functional_call` would do, without its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,6 +73,34 @@ class GaussianMLPPolicy(nn.Module):
             if index < n_linear - 1:
                 x = torch.tanh(x)
         return x
+
+    def numpy_mean(self, params: Mapping[str, torch.Tensor] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """`mean` as a numpy function of float32 observations, for the sampler's per-step forward.
+
+        On the few dozen rows of one sampling step, torch's per-call overhead is several times the
+        arithmetic; numpy's is a fraction of it. The function reads the parameters through numpy
+        views made once here (no copies: a later in-place update of `params` is seen). With a
+        leading task axis on every parameter (`[N, ...]`), observations are `[N, rows, obs_dim]`
+        and task i's rows use task i's parameters. Agrees with `mean` to float32 rounding (tested).
+        """
+        params = self.parameters_dict() if params is None else params
+        layers = []
+        for index in range(len(self.hidden_sizes) + 1):
+            weight = params[f"mean_net.{2 * index}.weight"].detach().numpy()
+            bias = params[f"mean_net.{2 * index}.bias"].detach().numpy()
+            layers.append((np.swapaxes(weight, -1, -2), bias[..., None, :] if bias.ndim == 2 else bias))
+        last = len(layers) - 1
+
+        def mean(obs: np.ndarray) -> np.ndarray:
+            x = obs
+            for index, (weight_t, bias) in enumerate(layers):
+                x = np.matmul(x, weight_t)
+                x += bias
+                if index < last:
+                    np.tanh(x, out=x)
+            return x
+
+        return mean
 
     def std(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Standard deviation [act_dim] under `params` (state-independent)."""

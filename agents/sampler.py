@@ -1,10 +1,10 @@
 """The one episode-collection path: tasks x episodes at once, one batched policy forward a step.
 
 A call's envs are split into two shards, each an `envs.batched.BatchedEnv` with its own batched
-policy forward (each task's rows under its own, possibly adapted, parameters through
-`torch.func.vmap`), and the two run on two threads without waiting for each other between steps:
-MuJoCo and torch release the GIL while they compute, so one shard's physics runs while the other's
-Python (readout, policy call) does. The split depends only on the tasks and episodes, never on the
+policy forward (each task's rows under its own, possibly adapted, parameters, in numpy:
+`GaussianMLPPolicy.numpy_mean`), and the two run on two threads without waiting for each other
+between steps: MuJoCo and numpy release the GIL while they compute, so one shard's physics runs
+while the other's Python (readout, policy call) does. The split depends only on the tasks and episodes, never on the
 machine (more cores go to each shard's physics), and every env's reset seed and action noise are
 drawn for the whole call first: the same seed gives the same episodes whatever the core count.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -230,15 +230,14 @@ class Sampler:
         env_steps, seconds_policy, seconds_simulate = 0, 0.0, 0.0
 
         mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
-        scaled_noise = None if noise is None else noise * std.numpy()
+        scaled_noise = None if noise is None else noise * std
         obs = env.reset(env_seeds)
         root = env.readout.root
         xy_start = env.qpos[:, :root].copy()
         for t in range(self.horizon):
             out.observations[t] = obs
             started = time.perf_counter()
-            with torch.no_grad():
-                mean = mean_of(torch.from_numpy(out.observations[t])).numpy()
+            mean = mean_of(out.observations[t])
             if scaled_noise is None:
                 out.actions[t] = mean
             else:
@@ -271,19 +270,20 @@ class Sampler:
             self._helpers = None
 
 
-def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int):
-    """(obs [B, obs_dim] -> mean [B, act_dim], std [B or 1, act_dim]): each task's rows under its
-    own parameters. The std does not depend on the observation, so it is computed once here."""
+def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int
+                   ) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
+    """(obs [B, obs_dim] -> mean [B, act_dim], std [B or 1, act_dim]) in numpy: each task's rows
+    under its own parameters. The std does not depend on the observation, so it is computed once."""
     with torch.no_grad():
         if not isinstance(params, Sequence):
-            # Looked up once, not every step (the tensors are shared, so this is still the live policy).
+            # Views made once, not every step (shared memory, so this is still the live policy).
             own = policy.parameters_dict() if params is None else dict(params)
-            return (lambda obs: policy.mean(obs, own)), policy.std(own)[None]
+            return policy.numpy_mean(own), policy.std(own)[None].numpy()
         stacked: Params = {name: torch.stack([p[name].detach() for p in params]) for name in params[0]}
-        std = vmap(policy.std)(stacked).repeat_interleave(per_task, dim=0)
-    per_task_mean = vmap(policy.mean, in_dims=(0, 0))
+        std = vmap(policy.std)(stacked).repeat_interleave(per_task, dim=0).numpy()
+    per_task_mean = policy.numpy_mean(stacked)
 
-    def mean_of(obs: torch.Tensor) -> torch.Tensor:
-        return per_task_mean(obs.reshape(n_tasks, per_task, -1), stacked).reshape(n_tasks * per_task, -1)
+    def mean_of(obs: np.ndarray) -> np.ndarray:
+        return per_task_mean(obs.reshape(n_tasks, per_task, -1)).reshape(n_tasks * per_task, -1)
 
     return mean_of, std

@@ -63,3 +63,24 @@ def test_heads_swap_only_the_output_layer() -> None:
     after = policy.parameters_dict()
     assert all(torch.equal(after[n], head[n]) for n in head)
     assert all(torch.equal(after[n], before[n]) for n in before if n not in head)
+
+
+def test_numpy_mean_agrees_with_mean_and_follows_the_live_parameters() -> None:
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(5, 3, (16, 8))
+    obs = torch.randn(7, 5)
+    forward = policy.numpy_mean()
+    torch.testing.assert_close(torch.from_numpy(forward(obs.numpy())), policy.mean(obs, policy.parameters_dict()),
+                               rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1)
+    torch.testing.assert_close(torch.from_numpy(forward(obs.numpy())), policy.mean(obs, policy.parameters_dict()),
+                               rtol=1e-5, atol=1e-6)
+    # A leading task axis: task i's rows under task i's parameters.
+    per_task = [{n: p.detach() + 0.05 * i for n, p in policy.named_parameters()} for i in range(3)]
+    stacked = {n: torch.stack([p[n] for p in per_task]) for n in per_task[0]}
+    rows = torch.randn(3, 4, 5)
+    got = policy.numpy_mean(stacked)(rows.numpy())
+    for i in range(3):
+        torch.testing.assert_close(torch.from_numpy(got[i]), policy.mean(rows[i], per_task[i]), rtol=1e-5, atol=1e-6)

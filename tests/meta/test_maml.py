@@ -244,7 +244,7 @@ def test_config_rejects_invalid_values(field: str, value: object) -> None:
 def test_trpo_step_follows_the_natural_gradient_to_the_kl_bound() -> None:
     policy = make_policy()
     tasks = make_tasks(policy)
-    config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-3, cg_iters=60, cg_damping=1e-3)
+    config = MAMLConfig(inner_lr=INNER_LR, max_kl=1e-3, cg_iters=60, cg_damping=1e-3, fisher_every=1)
     data = prepare_tasks(tasks)
     theta0 = {k: v.detach().clone() for k, v in policy.named_parameters()}
     old = detach_distribution(outer_objective(policy, theta0, data, INNER_LR).distribution)
