@@ -253,8 +253,8 @@ def bench_meta_iteration(quick: bool, repeats: int) -> dict:
     return result
 
 
-def bench_meta_peak_memory(quick: bool) -> float:
-    """Peak resident MiB of a process that runs default meta-iterations only (run it isolated)."""
+def bench_meta_peak_memory(quick: bool, mode: str) -> float:
+    """Peak resident MiB of a process that runs two meta-iterations in `mode` only (run it isolated)."""
     import torch
 
     from agents.meta.maml import MAMLTRPO
@@ -268,9 +268,11 @@ def bench_meta_peak_memory(quick: bool) -> float:
     raw = load_yaml(Path(__file__).resolve().parent.parent / "assets/configs/maml_cheetah_velocity.yaml")
     if quick:
         raw |= {"meta_batch_size": 8, "episodes_per_task": 5}
-    config = config_from_dict(MetaTrainConfig, raw)
+    fields, learner_fields = META_MODES[mode]
+    config = config_from_dict(MetaTrainConfig, raw | fields)
     sampler = Sampler("cheetah", config.horizon)
-    learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes), config.maml_config())
+    learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes),
+                       dataclasses.replace(config.maml_config(), **learner_fields))
     for iteration in range(2):
         meta_iteration(learner, sampler, config, iteration)
     return peak_memory_mb()
@@ -368,13 +370,14 @@ def _spread(row: dict, key: str, fmt: str) -> str:
     return f"{row[key]:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
-def to_markdown(results: dict, level: int = 1) -> str:
+def to_markdown(results: dict, level: int = 1, title: str = "MetaLoco benchmark") -> str:
     """The benchmark's tables as Markdown (medians, with the min-max over repeats in brackets);
     `level` is the heading level of the title (README sections use a deeper one)."""
     head = "#" * level
-    lines = [f"{head} MetaLoco benchmark", "",
-             f"{results['machine']}; {results['repeats']} repeats, contenders interleaved within each; "
-             "every ratio is the median of per-repeat ratios (both figures from the same repeat).", ""]
+    timed = any(results.get(part) for part in ("env_steps", "sampler", "meta_iteration"))
+    lines = [f"{head} {title}", "", results["machine"] + (
+        f"; {results['repeats']} repeats, contenders interleaved within each; every ratio is the median of "
+        "per-repeat ratios (both figures from the same repeat)." if timed else "."), ""]
     if results.get("env_steps"):
         lines += [f"{head}# Env steps per second (single env)", "",
                   "| robot | terrain | ours | Gymnasium | raw `frame_skip x mj_step` limit | ours / Gymnasium "
@@ -419,7 +422,8 @@ def to_markdown(results: dict, level: int = 1) -> str:
                                 ("simulation", "policy_forward", "other_sampling", "adaptation", "outer_update"))
             lines.append(f"| {mode} | {row['wall_s']:.2f} ({low:.2f}-{high:.2f}) | "
                          f"{row['speedup_over_reference']:.2f}x ({slow:.2f}-{shigh:.2f}) | {shares} |")
-        lines += ["", f"Peak resident memory of a process running default meta-iterations: {meta['peak_mb']:.0f} MiB."]
+        lines += ["", "Peak resident memory of a process running two meta-iterations: "
+                  + ", ".join(f"{mode} {peak:.0f} MiB" for mode, peak in meta["peak_mb"].items()) + "."]
     if results.get("memory"):
         mem = results["memory"]
         lines += ["", f"{head}# Memory over {mem['switches']} task switches with a renderer attached", "",
@@ -428,13 +432,22 @@ def to_markdown(results: dict, level: int = 1) -> str:
                   f"{mem['seconds_per_switch_and_frame'] * 1e3:.1f} ms per switch and software-rendered frame."]
     if results.get("fisher_check"):
         check = results["fisher_check"]
-        lines += ["", f"{head}# Fisher on every k-th step: a meta-training check ({check['iterations']} "
-                      f"iterations, seeds {', '.join(map(str, check['seeds']))})", "",
-                  "| run | post-adaptation return, last 10 iterations | outer update s (median) |", "|---|---:|---:|"]
-        for name, run in check["runs"].items():
-            lines.append(f"| {name} | {run['post_adapt_return_last10']:.1f} | {run['update_s_median']:.2f} |")
-        for name, diffs in check["paired_difference_per_seed"].items():
-            lines += ["", f"{name}, per seed: {', '.join(f'{d:+.1f}' for d in diffs)}"]
+        settings = sorted({int(name.split("/")[0].removeprefix("every")) for name in check["runs"]})
+        seeds = check["seeds"]
+        lines += [f"{head}# Fisher on every k-th step: a meta-training check (default cheetah velocity config, "
+                      f"{check['iterations']} iterations from scratch, seeds {', '.join(map(str, seeds))})", "",
+                  "Post-adaptation return averaged over the last 10 iterations; the first iteration's data are the "
+                  "same for every setting of a seed.", "",
+                  "| Fisher on | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean | "
+                  f"paired difference to every {settings[0]} (per seed) |",
+                  "|---|" + "---:|" * (len(seeds) + 2)]
+        for every in settings:
+            values = [check["runs"][f"every{every}/seed{seed}"]["post_adapt_return_last10"] for seed in seeds]
+            diffs = check["paired_difference_per_seed"].get(f"every{every}_minus_every{settings[0]}")
+            paired = "" if diffs is None else f"{statistics.mean(diffs):+.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+            label = "every step" if every == 1 else f"every {every}th step"
+            lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values)
+                         + f" | {statistics.mean(values):.1f} | {paired} |")
     if "peak_memory_mb" in results:
         lines += ["", f"Peak resident memory of the env benchmarks: {results['peak_memory_mb']:.0f} MiB."]
     lines.append("")
@@ -484,8 +497,8 @@ def main() -> None:
                   f"{row['ours_over_two_core_limit']:.2f}  of measured 2-thread limit "
                   f"{row['ours_over_measured_limit']:.2f}", flush=True)
     if "meta" in args.parts:
-        meta, _ = isolated(bench_meta_iteration, args.quick, 2 if args.quick else 3)
-        meta["peak_mb"], _ = isolated(bench_meta_peak_memory, args.quick)
+        meta, _ = isolated(bench_meta_iteration, args.quick, 2 if args.quick else repeats)
+        meta["peak_mb"] = {mode: isolated(bench_meta_peak_memory, args.quick, mode)[0] for mode in META_MODES}
         results["meta_iteration"] = meta
         for mode, row in meta["modes"].items():
             print(f"meta-iteration {mode:13s} {row['wall_s']:5.2f} s ({row['speedup_over_reference']:.2f}x the "

@@ -6,6 +6,8 @@ so the README can show nothing the JSON does not hold. `--check` changes nothing
 the README is out of date (the test suite runs it).
 
     python scripts/benchmark.py --out assets/results   # then:
+    python scripts/benchmark.py --parts fisher --out runs/fisher && cp runs/fisher/benchmark.json \
+        assets/results/fisher_check.json
     python scripts/update_readme.py
 """
 
@@ -26,6 +28,8 @@ RESULTS = ROOT / "assets" / "results"
 #: section name -> (JSON file in assets/results, renderer of its Markdown)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark": ("benchmark.json", lambda results: benchmark_markdown(results, level=3)),
+    "fisher_check": ("fisher_check.json",
+                     lambda results: benchmark_markdown(results, level=3, title="Fisher subsampling and learning")),
 }
 
 

@@ -618,9 +618,9 @@ class MAMLTRPO:
                 params,
                 cfg.cg_damping,
             )
-        step_dir = conjugate_gradient(fvp, flat_grad, iters=cfg.cg_iters)
+        step_dir, fisher_step = conjugate_gradient(fvp, flat_grad, iters=cfg.cg_iters)
         # Quadratic model of the KL along the step: 0.5 s^T F s; scale it to reach max_kl.
-        shs = 0.5 * (step_dir @ fvp(step_dir)).item()
+        shs = 0.5 * (step_dir @ fisher_step).item()
         if not (shs > 0 and torch.isfinite(step_dir).all()):
             return False, 0.0, loss_before, 0.0
         full_step = -step_dir * (cfg.max_kl / shs) ** 0.5

@@ -128,9 +128,9 @@ def trpo_step(policy: GaussianMLPPolicy, episodes: Sequence[Episodes], config: P
               "step_fraction": 0.0, "grad_norm": float(flat_grad.norm())}
 
     fvp = hessian_vector_product(lambda p: loss_and_kl(p)[1], params, config.cg_damping)
-    step_dir = conjugate_gradient(fvp, flat_grad, iters=config.cg_iters)
+    step_dir, fisher_step = conjugate_gradient(fvp, flat_grad, iters=config.cg_iters)
     # Quadratic model of the KL along the step: 0.5 s^T F s; scale the step to reach max_kl.
-    shs = 0.5 * (step_dir @ fvp(step_dir)).item()
+    shs = 0.5 * (step_dir @ fisher_step).item()
     if not (shs > 0 and torch.isfinite(step_dir).all()):
         return record
     full_step = -step_dir * (config.max_kl / shs) ** 0.5

@@ -42,13 +42,15 @@ def conjugate_gradient(
     b: torch.Tensor,
     iters: int = 10,
     residual_tol: float = 1e-10,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Approximately solve `A x = b` for a symmetric positive-definite `A` given as `Avp(v) = A v`.
 
     Starts from `x = 0` and stops after `iters` iterations or once the squared residual norm
-    falls below `residual_tol`.
+    falls below `residual_tol`. Returns `x` and `A x`, the latter summed from the products CG made
+    anyway (TRPO scales its step with `x^T A x`, which then costs no further product).
     """
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r @ r
@@ -58,11 +60,12 @@ def conjugate_gradient(
         ap = Avp(p)
         alpha = rr / (p @ ap)
         x = x + alpha * p
+        ax = ax + alpha * ap
         r = r - alpha * ap
         rr_new = r @ r
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, ax
 
 
 def hessian_vector_product(

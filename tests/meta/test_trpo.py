@@ -32,11 +32,14 @@ def test_conjugate_gradient_solves_spd_system() -> None:
     m = torch.randn(n, n, generator=gen, dtype=torch.float64)
     a = m @ m.T + 0.5 * torch.eye(n, dtype=torch.float64)
     b = torch.randn(n, generator=gen, dtype=torch.float64)
-    x = conjugate_gradient(lambda v: a @ v, b, iters=3 * n, residual_tol=1e-24)
+    x, ax = conjugate_gradient(lambda v: a @ v, b, iters=3 * n, residual_tol=1e-24)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
     # Few iterations: an approximation, but already a descent on the quadratic model.
-    x2 = conjugate_gradient(lambda v: a @ v, b, iters=2)
+    x2, ax2 = conjugate_gradient(lambda v: a @ v, b, iters=2)
     assert 0.5 * x2 @ a @ x2 - b @ x2 < 0
+    # The product CG returns is A x, summed from its own products, at any iteration count.
+    torch.testing.assert_close(ax, a @ x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ax2, a @ x2, rtol=1e-10, atol=1e-12)
 
 
 def test_hessian_vector_product_matches_explicit_hessian() -> None:
