@@ -370,6 +370,15 @@ def _spread(row: dict, key: str, fmt: str) -> str:
     return f"{row[key]:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
+def _paired(diffs: list[float]) -> str:
+    """Mean paired difference with its 95% t-interval across seeds, and whether it excludes zero."""
+    from agents.runs.stats import mean_confidence_interval
+
+    mean, low, high = mean_confidence_interval(diffs)
+    verdict = "not distinguishable from zero" if low <= 0 <= high else "distinguishable from zero"
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}], {verdict} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+
+
 def to_markdown(results: dict, level: int = 1, title: str = "MetaLoco benchmark") -> str:
     """The benchmark's tables as Markdown (medians, with the min-max over repeats in brackets);
     `level` is the heading level of the title (README sections use a deeper one)."""
@@ -439,12 +448,12 @@ def to_markdown(results: dict, level: int = 1, title: str = "MetaLoco benchmark"
                   "Post-adaptation return averaged over the last 10 iterations; the first iteration's data are the "
                   "same for every setting of a seed.", "",
                   "| Fisher on | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean | "
-                  f"paired difference to every {settings[0]} (per seed) |",
+                  f"paired difference to every {settings[0]}: mean, 95% t-interval across seeds (per seed) |",
                   "|---|" + "---:|" * (len(seeds) + 2)]
         for every in settings:
             values = [check["runs"][f"every{every}/seed{seed}"]["post_adapt_return_last10"] for seed in seeds]
             diffs = check["paired_difference_per_seed"].get(f"every{every}_minus_every{settings[0]}")
-            paired = "" if diffs is None else f"{statistics.mean(diffs):+.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+            paired = "" if diffs is None else _paired(diffs)
             label = "every step" if every == 1 else f"every {every}th step"
             lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values)
                          + f" | {statistics.mean(values):.1f} | {paired} |")
