@@ -200,14 +200,14 @@ META_MODES: dict[str, tuple[dict, dict]] = {
 }
 
 
-def bench_meta_iteration(quick: bool, repeats: int) -> dict:
-    """MAML-TRPO meta-iterations of the default cheetah config in each of `META_MODES`, interleaved:
-    wall time and where it goes (medians), and each mode's speed-up over the reference (median of
-    per-repeat ratios). Every mode runs on the same sampled data: iteration 1 of the same seed."""
+def meta_setup(quick: bool = False):
+    """(sampler, make) for meta-iteration benchmarks on the default cheetah velocity config:
+    `make(fields, learner_fields)` gives that config with `fields` over it and a fresh learner
+    (initial policy from the config's seed) with `learner_fields` over its MAML config."""
     import torch
 
     from agents.meta.maml import MAMLTRPO
-    from agents.meta.meta_train import MetaTrainConfig, meta_iteration
+    from agents.meta.meta_train import MetaTrainConfig
     from agents.policy import GaussianMLPPolicy
     from agents.runs.config import config_from_dict
     from agents.runs.rundir import load_yaml
@@ -218,13 +218,26 @@ def bench_meta_iteration(quick: bool, repeats: int) -> dict:
     if quick:
         raw |= {"meta_batch_size": 8, "episodes_per_task": 5}
     sampler = Sampler("cheetah", raw["horizon"])
-    configs = {mode: config_from_dict(MetaTrainConfig, raw | fields) for mode, (fields, _) in META_MODES.items()}
 
-    def one_iteration(mode: str) -> dict:
-        config = configs[mode]
+    def make(fields: dict, learner_fields: dict | None = None) -> tuple[MetaTrainConfig, MAMLTRPO]:
+        config = config_from_dict(MetaTrainConfig, raw | fields)
         torch.manual_seed(config.seed)
         policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes)
-        learner = MAMLTRPO(policy, dataclasses.replace(config.maml_config(), **META_MODES[mode][1]))
+        return config, MAMLTRPO(policy, dataclasses.replace(config.maml_config(), **(learner_fields or {})))
+
+    return sampler, make
+
+
+def bench_meta_iteration(quick: bool, repeats: int) -> dict:
+    """MAML-TRPO meta-iterations of the default cheetah config in each of `META_MODES`, interleaved:
+    wall time and where it goes (medians), and each mode's speed-up over the reference (median of
+    per-repeat ratios). Every mode runs on the same sampled data: iteration 1 of the same seed."""
+    from agents.meta.meta_train import meta_iteration
+
+    sampler, make = meta_setup(quick)
+
+    def one_iteration(mode: str) -> dict:
+        config, learner = make(*META_MODES[mode])
         sampler.seconds = {"simulate": 0.0, "policy": 0.0}
         record = meta_iteration(learner, sampler, config, 1)
         parts = {"simulation": sampler.seconds["simulate"], "policy_forward": sampler.seconds["policy"],
@@ -233,14 +246,14 @@ def bench_meta_iteration(quick: bool, repeats: int) -> dict:
         return {"wall_s": record["time_iteration"], **{f"{k}_s": v for k, v in parts.items()}}
 
     one_iteration("default")  # warm-up: builds the batched envs
-    samples: dict[str, list[dict]] = {mode: [] for mode in configs}
+    samples: dict[str, list[dict]] = {mode: [] for mode in META_MODES}
     for _ in range(repeats):
-        for mode in configs:
+        for mode in META_MODES:
             samples[mode].append(one_iteration(mode))
-    result: dict = {"tasks": configs["default"].meta_batch_size,
-                    "episodes_per_task": configs["default"].episodes_per_task,
-                    "env_steps": 2 * configs["default"].meta_batch_size * configs["default"].episodes_per_task
-                    * configs["default"].horizon, "repeats": repeats, "modes": {}}
+    config, _ = make({})
+    result: dict = {"tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task,
+                    "env_steps": 2 * config.meta_batch_size * config.episodes_per_task * config.horizon,
+                    "repeats": repeats, "modes": {}}
     for mode, runs in samples.items():
         row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         row |= {key.removesuffix("_s") + "_share": statistics.median(run[key] / run["wall_s"] for run in runs)
@@ -255,24 +268,10 @@ def bench_meta_iteration(quick: bool, repeats: int) -> dict:
 
 def bench_meta_peak_memory(quick: bool, mode: str) -> float:
     """Peak resident MiB of a process that runs two meta-iterations in `mode` only (run it isolated)."""
-    import torch
+    from agents.meta.meta_train import meta_iteration
 
-    from agents.meta.maml import MAMLTRPO
-    from agents.meta.meta_train import MetaTrainConfig, meta_iteration
-    from agents.policy import GaussianMLPPolicy
-    from agents.runs.config import config_from_dict
-    from agents.runs.rundir import load_yaml
-    from agents.sampler import Sampler
-
-    torch.set_num_threads(1)
-    raw = load_yaml(Path(__file__).resolve().parent.parent / "assets/configs/maml_cheetah_velocity.yaml")
-    if quick:
-        raw |= {"meta_batch_size": 8, "episodes_per_task": 5}
-    fields, learner_fields = META_MODES[mode]
-    config = config_from_dict(MetaTrainConfig, raw | fields)
-    sampler = Sampler("cheetah", config.horizon)
-    learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes),
-                       dataclasses.replace(config.maml_config(), **learner_fields))
+    sampler, make = meta_setup(quick)
+    config, learner = make(*META_MODES[mode])
     for iteration in range(2):
         meta_iteration(learner, sampler, config, iteration)
     return peak_memory_mb()
@@ -307,26 +306,13 @@ def check_fisher_every(iterations: int, seeds: list[int], settings: tuple[int, .
     cheetah velocity config for `iterations` iterations per seed and setting (same seeds, so the first
     iteration's data are shared) and reports each run's post-adaptation return over its last 10
     iterations, the paired difference per seed and the outer update's seconds."""
-    import torch
+    from agents.meta.meta_train import meta_iteration
 
-    from agents.meta.maml import MAMLTRPO
-    from agents.meta.meta_train import MetaTrainConfig, meta_iteration
-    from agents.policy import GaussianMLPPolicy
-    from agents.runs.config import config_from_dict
-    from agents.runs.rundir import load_yaml
-    from agents.sampler import Sampler
-
-    torch.set_num_threads(1)
-    raw = load_yaml(Path(__file__).resolve().parent.parent / "assets/configs/maml_cheetah_velocity.yaml")
-    sampler = Sampler("cheetah", raw["horizon"])
+    sampler, make = meta_setup()
     runs: dict[str, dict] = {}
     for seed in seeds:
         for every in settings:
-            config = config_from_dict(MetaTrainConfig, raw | {"seed": seed, "fisher_every": every,
-                                                              "iterations": iterations})
-            torch.manual_seed(seed)
-            learner = MAMLTRPO(GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes),
-                               config.maml_config())
+            config, learner = make({"seed": seed, "fisher_every": every, "iterations": iterations})
             records = [meta_iteration(learner, sampler, config, i) for i in range(iterations)]
             tail = records[-10:]
             runs[f"every{every}/seed{seed}"] = {
