@@ -143,10 +143,9 @@ class BatchedEnv:
     def _simulate(self) -> None:
         """Step the active members' states frame_skip physics steps; sets `_stable`."""
         self._stable[:] = True
-        if self._active.all():  # the common case: rollout reads and writes the batch's arrays in place
-            members = np.arange(self.num_envs)
-            states, controls, substeps = self._states, self._controls, self._substeps
-            models = self._models
+        everyone = np.count_nonzero(self._active) == self.num_envs
+        if everyone:  # the common case: rollout reads and writes the batch's arrays in place
+            states, controls, substeps, models = self._states, self._controls, self._substeps, self._models
         else:
             members = np.flatnonzero(self._active)
             if not members.size:
@@ -164,6 +163,10 @@ class BatchedEnv:
         # reset to time 0 by MuJoCo itself. Such members are stepped again below by the single
         # env's code, which decides stability exactly as a single env does.
         stalled = ~(substeps[:, -1, 0] > states[:, 0] + self._clock_margin)
+        if everyone and not np.count_nonzero(stalled):
+            np.copyto(self._states, substeps[:, -1])
+            return
+        members = np.arange(self.num_envs) if everyone else members
         redo_from = states[stalled]  # boolean indexing copies: the rows before this step
         self._states[members] = substeps[:, -1]
         for i, state in zip(members[stalled], redo_from, strict=True):

@@ -56,7 +56,11 @@ def column(values: np.ndarray, index: int) -> np.ndarray:
 
 def constant(batch_shape: tuple[int, ...], value: float | bool) -> np.ndarray | float | bool:
     """`value` for every robot of a batch ([B] array), or the plain value for one robot (shape ())."""
-    return np.full(batch_shape, value) if batch_shape else value
+    if not batch_shape:
+        return value
+    out = np.empty(batch_shape, dtype=bool if isinstance(value, bool) else np.float64)  # np.full, without
+    out.fill(value)  # its Python-level dispatch (called several times on every batched step)
+    return out
 
 
 class Readout:
