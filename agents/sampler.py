@@ -227,7 +227,7 @@ class Sampler:
         """Run one shard's episodes to the horizon (or until all end) on the calling thread."""
         out = Collected.zeros(self.horizon, env.num_envs, self.obs_dim, self.act_dim)
         done = np.zeros(env.num_envs, dtype=bool)
-        env_steps, seconds_policy, seconds_simulate = 0, 0.0, 0.0
+        seconds_policy, seconds_simulate = 0.0, 0.0
 
         mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
         scaled_noise = None if noise is None else noise * std
@@ -248,13 +248,13 @@ class Sampler:
             obs, reward, term, trunc, info = env.step(out.actions[t], active=alive)
             seconds_policy += stepped - started
             seconds_simulate += time.perf_counter() - stepped
-            out.rewards[t] = np.where(alive, reward, 0.0)
+            np.copyto(out.rewards[t], reward, where=alive)  # rows of finished episodes stay 0
             out.terminated |= term & alive
             out.unstable |= info["physics_unstable"] & alive
-            env_steps += int(alive.sum())
             done |= term | trunc
             if done.all():
                 break
+        env_steps = int(np.count_nonzero(out.mask))
         out.observations *= out.mask[..., None]
         out.actions *= out.mask[..., None]
         out.distance[:] = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
