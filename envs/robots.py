@@ -7,7 +7,9 @@ from pathlib import Path
 
 from envs.terrain import TerrainGrid
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "robots"
+#: The project's assets: robots, configs, shipped checkpoints and results.
+PROJECT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = PROJECT_ASSETS / "robots"
 
 
 @dataclass(frozen=True)

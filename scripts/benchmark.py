@@ -26,6 +26,7 @@ import mujoco
 import numpy as np
 
 from agents.runs.atomic import atomic_write_text
+from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from envs import ENV_IDS
 from envs.locomotion import LocomotionEnv, build_model
 from envs.tasks import Task, Terrain
@@ -453,6 +454,7 @@ def to_markdown(results: dict, level: int = 1, title: str = "MetaLoco benchmark"
 def main() -> None:
     """Run every measurement and write JSON and Markdown."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under 2 minutes)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=[p for p in PARTS if p != "fisher"],
@@ -462,6 +464,7 @@ def main() -> None:
     parser.add_argument("--fisher-settings", type=int, nargs="+", default=[1, 5, 10],
                         help="fisher_every values of the fisher check (the first is the one compared against)")
     args = parser.parse_args()
+    check_writable(args.out, "out")  # before any work
     n_steps, repeats = (1000, 3) if args.quick else (5000, 5)
 
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}, "
@@ -520,4 +523,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

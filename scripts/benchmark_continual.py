@@ -26,6 +26,7 @@ from agents.continual.curriculum import CurriculumConfig
 from agents.continual.loop import Curriculum
 from agents.continual.metrics import matrix_to_markdown, normalize, summarize
 from agents.runs.atomic import atomic_write_text
+from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.config import config_from_dict
 from agents.runs.rundir import prepare_run_dir
 from agents.runs.stats import mean_confidence_interval
@@ -122,6 +123,7 @@ def interval(values: list[float]) -> str:
 def main() -> None:
     """Run every method and the references for every seed; score them side by side."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ewc-lambda", type=float, nargs="*", default=[100.0], help="EWC strengths to run")
@@ -136,6 +138,7 @@ def main() -> None:
                         help="one output layer per task (Continual World's multi-head setup) for every method")
     parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
     args = parser.parse_args()
+    check_writable(args.out, "out")  # before any work
 
     stages = SEQUENCES[args.sequence]
     methods = {"finetune": {"kind": "none"}}
@@ -183,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

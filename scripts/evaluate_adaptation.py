@@ -28,6 +28,7 @@ from agents.meta.evaluation import (
 )
 from agents.meta.pretrain import PretrainConfig, pretrain, save_pretrained
 from agents.runs.checkpoint import load_checkpoint
+from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from envs.tasks import SPLITS, TaskDistribution, get_family
 
 BASELINES = ("random", "pretrained")
@@ -36,6 +37,7 @@ BASELINES = ("random", "pretrained")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--checkpoint", type=Path, required=True, help="the MAML initialisation (checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the tables, figure and results.json")
     parser.add_argument("--family", help="task family (default: the checkpoint's metadata 'family')")
@@ -67,6 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Validate everything, build the methods, evaluate them and write the outputs; returns name -> path."""
     args = parse_args(argv)
+    check_writable(args.out, "out")  # before any work
     if args.torch_threads < 1:
         raise ValueError(f"torch_threads must be >= 1, got {args.torch_threads}")
     config = AdaptationConfig(steps=args.steps, inner_lr=args.inner_lr, episodes_per_task=args.episodes,
@@ -138,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from agents.meta.meta_train import MetaTrainConfig, meta_train
+from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.config import config_from_dict, config_to_dict
 from agents.runs.rundir import load_yaml, prepare_run_dir
 
@@ -17,12 +18,14 @@ from agents.runs.rundir import load_yaml, prepare_run_dir
 def main() -> None:
     """Parse arguments, validate the config, prepare the run directory, meta-train."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--config", type=Path, required=True, help="YAML file with MetaTrainConfig fields")
     parser.add_argument("--run", type=Path, required=True, help="run directory to create (or resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run from its last checkpoint")
     parser.add_argument("--force", action="store_true", help="move an existing run aside and start afresh")
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
     args = parser.parse_args()
+    check_writable(args.run, "run")  # before any work
 
     raw = load_yaml(args.config)
     if args.iterations is not None:
@@ -35,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, 'resume with the same command and --resume')

@@ -16,6 +16,7 @@ import torch
 
 from agents.meta.maml import adapt
 from agents.runs.checkpoint import load_checkpoint
+from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.video import render_policy
 from agents.sampler import Sampler
 from envs.tasks import Goal, Task, Terrain
@@ -36,6 +37,7 @@ def parse_terrain(text: str) -> Terrain:
 def main() -> None:
     """Load, optionally adapt per terrain, render the grid."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--robot", default="cheetah")
     parser.add_argument("--terrains", nargs="+", default=["flat:0", "rough:0.5", "stairs_up:0.4"])
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/videos/rollout.mp4"))
     args = parser.parse_args()
+    check_writable(args.out, "out")  # before any work
 
     if args.out.suffix not in (".mp4", ".gif"):
         raise ValueError(f"--out must end in .mp4 or .gif, got {args.out.name!r}")
@@ -79,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -13,7 +13,8 @@ from pathlib import Path
 from agents.continual.curriculum import CurriculumConfig
 from agents.continual.loop import Curriculum, check_curriculum
 from agents.continual.report import write_report
-from agents.runs.config import config_from_dict, config_to_dict
+from agents.runs.cli import DEBUG_HELP, check_writable, run_script
+from agents.runs.config import config_from_dict, config_to_dict, resolve_config_paths
 from agents.runs.rundir import load_yaml, prepare_run_dir
 from agents.runs.video import render_policy
 
@@ -21,14 +22,16 @@ from agents.runs.video import render_policy
 def main() -> None:
     """Validate the config, prepare the run directory, run every stage, write videos and report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--config", type=Path, required=True, help="curriculum YAML (CurriculumConfig fields)")
     parser.add_argument("--run", type=Path, required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last finished stage")
     parser.add_argument("--force", action="store_true", help="move an existing run aside and start afresh")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    check_writable(args.run, "run")  # before any work
 
-    config = config_from_dict(CurriculumConfig, load_yaml(args.config))
+    config = config_from_dict(CurriculumConfig, resolve_config_paths(load_yaml(args.config), args.config, ("init",)))
     check_curriculum(config)  # before the run directory is created or an old one moved aside
     config_dict = config_to_dict(config)
     run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_dict)
@@ -53,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, 'resume with the same command and --resume')

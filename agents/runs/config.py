@@ -6,7 +6,10 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
+
+from envs.robots import PROJECT_ASSETS
 
 T = TypeVar("T")
 
@@ -83,3 +86,20 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+def resolve_config_paths(data: dict[str, Any], config_file: str | Path, fields: tuple[str, ...]) -> dict[str, Any]:
+    """`data` with each of `fields` that holds a relative path made absolute: against the config
+    file's folder first, then the project's `assets/`, whichever exists (so a shipped config runs
+    from any directory). A path found in neither is left as it is, for the config's own check to
+    name. Absolute paths and non-path values (e.g. `init: scratch`) are left alone."""
+    out = dict(data)
+    for name in fields:
+        value = out.get(name)
+        if not isinstance(value, str) or Path(value).is_absolute():
+            continue
+        for base in (Path(config_file).resolve().parent, PROJECT_ASSETS):
+            if (base / value).exists():
+                out[name] = str((base / value).resolve())
+                break
+    return out

@@ -165,7 +165,7 @@ def prepare_run_dir(
         path: the run directory, e.g. runs/<name>.
         resume: continue the run already there; its stored config must equal `config` except for the
             top-level keys in `changeable` (else a ValueError naming the differing keys). With no run
-            there yet, a fresh one is created (so a requeued job can always pass --resume).
+            there (a mistyped or missing directory) it is a ValueError: nothing to resume.
         force: move a run already there aside to `<path>.old-<timestamp>` and start fresh (never deletes).
         config: the resolved config; written to config.yaml (atomically) when the run is created.
         changeable: top-level config keys allowed to differ on resume.
@@ -179,6 +179,8 @@ def prepare_run_dir(
     if root.exists() and not root.is_dir():
         raise ValueError(f"run directory {root} exists and is not a directory")
     occupied = root.is_dir() and any(root.iterdir())
+    if resume and not occupied:
+        raise ValueError(f"run: {root} holds no run to resume; start it without --resume")
     if occupied and resume:
         if not (root / CONFIG_FILE).is_file():
             raise ValueError(f"run directory {root} has no {CONFIG_FILE}, so there is no run to resume; "

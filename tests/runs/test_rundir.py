@@ -92,8 +92,10 @@ def test_resume_checks_the_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"in device"):
         prepare_run_dir(root, resume=True, config={**CONFIG, "device": "cuda"}, changeable=())
     assert _files(root) == before
-    fresh = prepare_run_dir(tmp_path / "new", resume=True, config=CONFIG)  # nothing there yet: start afresh
-    assert not fresh.resumed and fresh.config_path.is_file()
+    # A mistyped or missing run directory is an error, and nothing is created.
+    with pytest.raises(ValueError, match="holds no run to resume"):
+        prepare_run_dir(tmp_path / "new", resume=True, config=CONFIG)
+    assert not (tmp_path / "new").exists()
 
 
 def test_step_checkpoints_keep_the_last_k_and_latest(tmp_path: Path) -> None:
