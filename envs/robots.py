@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from envs.terrain import TerrainGrid
 
+
+def _project_assets() -> Path:
+    """assets/ beside the packages (a source checkout or an editable install), else the copy a wheel
+    installs as the package `metaloco_assets`: found through the package, never the cwd."""
+    beside = Path(__file__).resolve().parent.parent / "assets"
+    if (beside / "robots").is_dir():
+        return beside
+    spec = importlib.util.find_spec("metaloco_assets")  # a namespace package: folders, no __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("MetaLoco's assets are missing: reinstall the package (pip install metaloco)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 #: The project's assets: robots, configs, shipped checkpoints and results.
-PROJECT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PROJECT_ASSETS = _project_assets()
 ASSETS = PROJECT_ASSETS / "robots"
 
 
