@@ -121,7 +121,7 @@ class LocomotionEnv(gym.Env):
         render_mode: str | None = None,
         width: int = 480,
         height: int = 360,
-        camera: str = "track",
+        camera: str = "video",
     ) -> None:
         self.spec_robot = get_robot(robot)
         if render_mode not in (None, "rgb_array"):

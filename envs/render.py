@@ -17,7 +17,7 @@ from pathlib import Path
 import imageio
 import mujoco  # MUJOCO_GL must be set before mujoco picks its GL backend
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 class FrameRenderer:
@@ -59,17 +59,21 @@ def record_episode(
     steps: int,
     seed: int = 0,
     label: str | None = None,
+    on_frame: Callable[[], object] | None = None,
 ) -> tuple[list[np.ndarray], float]:
     """Run `act` (obs -> action) for up to `steps` steps and return (frames, total reward).
 
     `env` must have render_mode='rgb_array'. When `label` is given, each frame carries it and
-    the running return in its top-left corner.
+    the running return in its top-left corner. `on_frame` is called after every frame (a
+    progress bar's update).
     """
     obs, _ = env.reset(seed=seed)
     frames, total = [], 0.0
     for _ in range(steps):
         frame = env.render()
         frames.append(annotate(frame, f"{label}  return {total:7.1f}") if label else frame)
+        if on_frame is not None:
+            on_frame()
         obs, reward, terminated, truncated, _ = env.step(act(obs))
         total += float(reward)
         if terminated or truncated:
@@ -78,25 +82,42 @@ def record_episode(
 
 
 def annotate(frame: np.ndarray, text: str) -> np.ndarray:
-    """A copy of `frame` with `text` written on a dark band at the top."""
+    """A copy of `frame` with `text` on a dark band at the top, in a font a sixteenth of the
+    frame's height (at least 12 px), so it stays readable at the video's size."""
     image = Image.fromarray(frame)
+    size = max(12, image.height // 16)
+    font = ImageFont.load_default(size=size)
     draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, image.width, 14), fill=(0, 0, 0))
-    draw.text((4, 1), text, fill=(255, 255, 255))
+    draw.rectangle((0, 0, image.width, size + 8), fill=(0, 0, 0))
+    draw.text((6, 3), text, fill=(255, 255, 255), font=font)
     return np.asarray(image)
 
 
+def grid_shape(panels: int, max_columns: int = 4) -> tuple[int, int]:
+    """(rows, columns) for `panels` panels: the fewest rows of at most `max_columns`, then the
+    fewest columns that hold them (7 panels: 2 x 4, one cell empty; 6: 2 x 3; 3: 1 x 3)."""
+    if panels < 1:
+        raise ValueError(f"panels must be >= 1, got {panels}")
+    rows = -(-panels // max_columns)
+    return rows, -(-panels // rows)
+
+
+#: What an empty cell of a grid shows: the sky's colour, not a black hole.
+EMPTY_CELL = (40, 48, 64)
+
+
 def tile(videos: Sequence[Sequence[np.ndarray]], columns: int | None = None) -> list[np.ndarray]:
-    """Side-by-side grid of several equally sized videos; shorter ones hold their last frame."""
+    """A grid of several equally sized videos (`grid_shape` unless `columns` is given); shorter
+    videos hold their last frame."""
     if not videos or any(len(v) == 0 for v in videos):
         raise ValueError("tile needs at least one video and no empty video")
-    columns = columns or len(videos)
-    rows = -(-len(videos) // columns)
+    rows, columns = grid_shape(len(videos)) if columns is None else (-(-len(videos) // columns), columns)
     height, width, _ = videos[0][0].shape
     length = max(len(v) for v in videos)
     grid = []
     for t in range(length):
-        canvas = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+        canvas = np.empty((rows * height, columns * width, 3), dtype=np.uint8)
+        canvas[:] = EMPTY_CELL
         for k, video in enumerate(videos):
             r, c = divmod(k, columns)
             canvas[r * height:(r + 1) * height, c * width:(c + 1) * width] = video[min(t, len(video) - 1)]

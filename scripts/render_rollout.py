@@ -75,7 +75,7 @@ def main() -> None:
     with torch.no_grad():
         path, totals = render_policy(policy, args.robot, tasks, args.out, steps=args.steps, params=params,
                                      labels=labels, height_scan=args.height_scan,
-                                     columns=len(args.terrains), seed=args.seed)
+                                     columns=len(args.terrains) if args.adapt_steps else None, seed=args.seed)
     for label, total in zip(labels, totals, strict=True):
         print(f"{label:40s} return {total:8.1f}")
     print(f"video: {path.resolve()}")

@@ -47,8 +47,7 @@ def main() -> None:
         labels = seen + [f"held-out: {stage.label}" for stage in config.evaluation.held_out]
         path, _ = render_policy(curriculum.policy, config.robot, tasks, run.videos / "final_policy.mp4",
                                 steps=config.video_steps, labels=labels, height_scan=config.height_scan,
-                                goal_in_obs=config.goal_in_obs,
-                                columns=min(3, len(tasks)))
+                                goal_in_obs=config.goal_in_obs, progress=not args.no_progress)
         videos.append(path)
     report = write_report(run.root, config_dict, state.to_dict(),
                           [stage.label for stage in config.evaluation.held_out], videos)

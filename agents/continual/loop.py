@@ -71,9 +71,10 @@ class _CurveRecorder(BaseCallback):
         if self.model.ep_info_buffer:
             mean_return = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
             self.curve.append([done, mean_return])
-        if self.bar is not None:
-            self.bar.update(done - self._last)
-            self._last = done
+        if self.bar is not None:  # PPO collects whole rollouts: the last one may end past the budget
+            shown = min(done, self.bar.total)
+            self.bar.update(shown - self._last)
+            self._last = shown
 
 
 def check_curriculum(config: CurriculumConfig) -> None:

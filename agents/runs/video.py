@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from agents.policy import GaussianMLPPolicy
 from envs import ENV_IDS
@@ -39,25 +40,31 @@ def render_policy(
     columns: int | None = None,
     size: tuple[int, int] = (320, 240),
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[Path, list[float]]:
     """Render `policy` on each task (optionally with per-task params) into one tiled video.
 
-    Each panel carries its label (default: the task) and the running return. Returns the video
-    path and each panel's total return.
+    Each panel carries its label (default: the task) and the running return; the grid has
+    `columns` columns (default: laid out to the number of panels, `envs.render.grid_shape`).
+    A progress bar counts the frames rendered. Returns the video path and each panel's total return.
     """
     if params is not None and len(params) != len(tasks):
         raise ValueError(f"params must have one entry per task ({len(tasks)}), got {len(params)}")
     labels = list(labels) if labels is not None else [task.describe() for task in tasks]
     videos, totals = [], []
     fps = 20
+    bar = tqdm(total=len(tasks) * steps, desc=f"rendering {Path(path).name}", unit="frame", disable=not progress,
+               leave=False)
     for index, task in enumerate(tasks):
         env = gym.make(ENV_IDS[robot], task=task, height_scan=height_scan, goal_in_obs=goal_in_obs,
                        render_mode="rgb_array",
                        width=size[0], height=size[1])
         act = policy_actor(policy, None if params is None else params[index])
-        frames, total = record_episode(env, act, steps, seed=seed, label=labels[index])
+        frames, total = record_episode(env, act, steps, seed=seed, label=labels[index], on_frame=bar.update)
+        bar.update(steps - len(frames))  # an episode that ended early: its panel holds its last frame
         fps = env.metadata["render_fps"]
         env.close()
         videos.append(frames)
         totals.append(total)
+    bar.close()
     return write_video(tile(videos, columns), path, fps=fps), totals
