@@ -89,7 +89,7 @@ class EvaluationConfig:
 
     episodes: int = 5  # deterministic episodes per task
     held_out: list[StageConfig] = field(default_factory=list)  # never trained: generalisation
-    success_distance: float = 3.0  # ladder: metres covered on average to pass a rung
+    success_distance: float = 3.0  # metres covered on average for a stage to succeed (the ladder's rung test)
     eval_every: int = 5000  # ladder: env steps between success checks within a stage
 
 

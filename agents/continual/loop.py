@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
@@ -49,6 +51,7 @@ class CurriculumState:
     random_returns: list[float] = field(default_factory=list)  # random-init return of each pool task
     random_held_out: list[float] = field(default_factory=list)
     retries: int = 0
+    seconds: float = 0.0  # wall time of the finished stages, summed over resumes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -178,15 +181,16 @@ class Curriculum:
     def run_stage(self, stage: int, pool_index: int) -> dict:
         """Adapt, train, consolidate and evaluate one stage; checkpoint; return its record."""
         cfg = self.config
+        started = time.perf_counter()
         task = self.pool_tasks[pool_index]
         if cfg.task_heads and pool_index in self.heads:
             self.policy.load_head(self.heads[pool_index])  # a retrained task resumes its own head
-        before, after = self._adapt(task, stage)
+        adaptation = self._adapt(task, stage)
         policy_to_sb3(self.policy, self.model.policy)
         if stage > 0 and cfg.reset_critic:
             self._fresh_critic(stage)
         curve: list[list[float]] = []
-        success = self._train(task, stage, curve)
+        self._train(task, stage, curve)
         self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
         if cfg.task_heads:
             self.heads[pool_index] = self.policy.head()
@@ -195,8 +199,8 @@ class Curriculum:
                                    exclude=SB3_HEAD if cfg.task_heads else ())
         row, distance = self._evaluate_matrix_row(stage, pool_index)
         held_out = self._evaluate(self.held_out_tasks)[0] if self.held_out_tasks else []
-        if cfg.schedule == "ladder":
-            success = distance >= cfg.evaluation.success_distance
+        # The ladder's criterion, judged for every schedule: the trained policy covers the distance.
+        success = distance >= cfg.evaluation.success_distance
         self.state.matrix.append(row)
         self.state.held_out.append(held_out)
         self.state.curves.append(curve)
@@ -206,8 +210,7 @@ class Curriculum:
             "pool_index": pool_index,
             "label": cfg.stages[pool_index].label,
             "task": task.to_dict(),
-            "return_before_adapt": before,
-            "return_after_adapt": after,
+            **adaptation,
             "return_after_training": row[stage],
             "distance": distance,
             "success": bool(success),
@@ -217,17 +220,46 @@ class Curriculum:
         }
         self.state.history.append(record)
         self.state.retries = self.schedule.retries
+        self.state.seconds += time.perf_counter() - started
         self.log.append(record)
+        self._log_tensorboard(record, row)
         self._save(stage)
         return record
 
-    def _adapt(self, task: Task, stage: int) -> tuple[float, float]:
-        """A few vanilla policy-gradient steps on the new task; (return before, after)."""
+    def _log_tensorboard(self, record: dict, row: list[float]) -> None:
+        """Curriculum-level figures of a finished stage (step = stage): the adaptation, the matrix
+        row, each earlier stage's forgetting so far (its return after its own stage minus its return
+        now, as `agents.continual.metrics.forgetting`; positive = lost), the held-out returns."""
+        stage = record["stage"]
+        with SummaryWriter(str(self.run.tb / "curriculum")) as writer:
+            for key in ("return_before_adapt", "return_after_adapt", "return_after_training", "distance",
+                        "mean_seen"):
+                writer.add_scalar(f"curriculum/{key}", record[key], stage)
+            matrix = self.state.matrix
+            for column, (label, value) in enumerate(zip(self._column_labels(), row, strict=False)):
+                if math.isfinite(value):
+                    writer.add_scalar(f"matrix/{column}_{label}", value, stage)
+                    if column < stage:
+                        writer.add_scalar(f"forgetting/{column}_{label}", matrix[column][column] - value, stage)
+            for label, value in zip((s.label for s in self.config.evaluation.held_out), record["held_out"],
+                                    strict=True):
+                writer.add_scalar(f"held_out/{label}", value, stage)
+
+    def _column_labels(self) -> list[str]:
+        """The matrix columns' task labels: stages so far, then (fixed schedule) the ones to come."""
+        seen = [self.config.stages[r["pool_index"]].label for r in self.state.history]
+        future = [s.label for s in self.config.stages[len(seen):]] if self.config.schedule == "fixed" else []
+        return seen + future
+
+    def _adapt(self, task: Task, stage: int) -> dict[str, float]:
+        """A few vanilla policy-gradient steps on the new task. Returns the deterministic (mean-action)
+        return before and after, as the performance matrix measures it, and the stochastic return of
+        the adaptation's own episodes (the ones the steps learned from) before and after."""
         cfg = self.config
         params = {name: p.detach() for name, p in self.policy.named_parameters()}
         seed = cfg.seed * 1000 + stage * 10
+        deterministic_before = self._evaluate([task], params=[params])[0][0]
         first = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params, seed=seed)[0]
-        before = float(first.total_returns().mean())
         episodes = first
         for k in range(cfg.adapt_steps):
             params = {n: p.detach() for n, p in adapt(self.policy, params, episodes, cfg.inner_lr, True).items()}
@@ -236,7 +268,10 @@ class Curriculum:
         with torch.no_grad():
             for name, p in self.policy.named_parameters():
                 p.copy_(params[name])
-        return before, float(episodes.total_returns().mean())
+        return {"return_before_adapt": deterministic_before,
+                "return_after_adapt": self._evaluate([task], params=[params])[0][0],
+                "stochastic_return_before_adapt": float(first.total_returns().mean()),
+                "stochastic_return_after_adapt": float(episodes.total_returns().mean())}
 
     def _fresh_critic(self, stage: int) -> None:
         """Re-initialise the value function and the optimiser state for a new task.
@@ -253,8 +288,8 @@ class Curriculum:
         policy.optimizer = policy.optimizer_class(policy.parameters(), lr=self.config.ppo.learning_rate,
                                                   **policy.optimizer_kwargs)
 
-    def _train(self, task: Task, stage: int, curve: list[list[float]]) -> bool:
-        """EWC-regularised PPO on the stage's task; True if the ladder's success criterion held."""
+    def _train(self, task: Task, stage: int, curve: list[list[float]]) -> None:
+        """EWC-regularised PPO on the stage's task (a ladder stops it early once its rung test holds)."""
         cfg = self.config
         self.model.set_env(self._make_env(task, seed=1000 * (stage + 1)))
         self.model.set_random_seed(cfg.seed + stage)
@@ -265,7 +300,6 @@ class Curriculum:
         bar = tqdm(total=cfg.steps_per_stage, desc=f"stage {stage} {task.describe()}", unit="step",
                    disable=not self.progress, leave=False)
         recorder = _CurveRecorder(curve, start, bar)
-        success = False
         while self.model.num_timesteps - start < cfg.steps_per_stage:
             remaining = cfg.steps_per_stage - (self.model.num_timesteps - start)
             self.model.learn(min(chunk, remaining), callback=recorder, reset_num_timesteps=False,
@@ -274,10 +308,8 @@ class Curriculum:
                 probe = sb3_to_policy(self.model.policy, self.policy.min_log_std)
                 _, distance = self._evaluate([task], probe)
                 if distance[0] >= cfg.evaluation.success_distance:
-                    success = True
                     break
         bar.close()
-        return success
 
     # --- evaluation -------------------------------------------------------------------------
 

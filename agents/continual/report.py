@@ -23,6 +23,7 @@ from agents.continual.metrics import (
     matrix_to_markdown,
 )
 from agents.runs.atomic import atomic_write_text
+from agents.runs.provenance import provenance
 
 
 def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequence[float]) -> tuple[np.ndarray, str]:
@@ -57,20 +58,31 @@ def summary(matrix_norm: np.ndarray) -> dict[str, float]:
     }
 
 
-def plot_curves(curves: Sequence[Sequence[Sequence[float]]], labels: Sequence[str], path: Path) -> Path:
-    """Training return against env steps, stage after stage (dashed lines between stages)."""
+def plot_curves(curves: Sequence[Sequence[Sequence[float]]], labels: Sequence[str], path: Path,
+                deterministic: Sequence[float] | None = None) -> Path:
+    """Training return against env steps, stage after stage (dashed lines between stages).
+
+    The curve is what PPO saw: the stochastic policy's training episodes (SB3's window of the
+    last 100). `deterministic` (one per stage) marks the mean-action return the tables report at
+    each stage's end, so the two can be read side by side.
+    """
     fig, ax = plt.subplots(figsize=(8, 3.5))
     offset = 0.0
-    for curve, label in zip(curves, labels, strict=True):
+    for index, (curve, label) in enumerate(zip(curves, labels, strict=True)):
         if curve:
             steps, values = np.asarray(curve, dtype=float).T
-            ax.plot(offset + steps, values, label=label)
+            line = ax.plot(offset + steps, values, label=f"{label} (training episodes, stochastic)")[0]
             offset += steps[-1]
+            if deterministic is not None:
+                ax.plot([offset], [deterministic[index]], marker="*", markersize=11, color=line.get_color(),
+                        linestyle="none")
         ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
+    if deterministic is not None:
+        ax.plot([], [], marker="*", color="grey", linestyle="none", label="after training, deterministic (tables)")
     ax.set_xlabel("env steps")
-    ax.set_ylabel("training return (stochastic policy)")
+    ax.set_ylabel("return")
     ax.set_title("Learning curve per stage")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -78,7 +90,10 @@ def plot_matrix(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> P
     """Heat map of the normalised performance matrix (rows: after stage i, columns: task j)."""
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
     finite = matrix_norm[np.isfinite(matrix_norm)]
-    low, high = min(0.0, float(finite.min(initial=0.0))), max(1.0, float(finite.max(initial=1.0)))
+    # The colour scale spans the values there are, so that their differences show.
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < 1e-6:
+        low, high = low - 0.5, high + 0.5
     image = ax.imshow(matrix_norm, cmap="viridis", vmin=low, vmax=high)
     for (i, j), value in np.ndenumerate(matrix_norm):
         if not math.isnan(value):
@@ -92,16 +107,17 @@ def plot_matrix(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> P
 
 
 def plot_forgetting(matrix_norm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
-    """Forgetting of each task (value at the end of its stage minus value at the end)."""
+    """Forgetting of each task (value at the end of its stage minus value at the end), coloured by sign."""
     n = min(matrix_norm.shape)
     defined = n > 1 and np.isfinite(np.tril(matrix_norm[:n, :n])).all()
     values = forgetting(matrix_norm[:n, :n]) if defined else np.zeros(0)
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar(range(len(values)), values, color="tab:red")
+    ax.bar(range(len(values)), values, color=["tab:red" if v > 0 else "tab:green" for v in values])
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(values)), labels[: len(values)], rotation=30, ha="right")
     ax.set_ylabel("forgetting (normalised)")
-    ax.set_title("Forgetting per task")
+    ax.set_title("Forgetting per task: its value after its own stage minus its final value\n"
+                 "(red, > 0: skill lost; green, < 0: improved since)", fontsize=9)
     return _save(fig, path)
 
 
@@ -132,28 +148,40 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
     matrix_norm, note = normalised_matrix(matrix, [state["random_returns"][r["pool_index"]] for r in history])
     figures = summary(matrix_norm)
     plots = run / "plots"
-    images = [plot_curves(state["curves"], labels, plots / "learning_curves.png"),
+    images = [plot_curves(state["curves"], labels, plots / "learning_curves.png",
+                          [record["return_after_training"] for record in history]),
               plot_matrix(matrix_norm, labels, plots / "performance_matrix.png"),
               plot_forgetting(matrix_norm, labels, plots / "forgetting.png")]
     reg = config["regularizer"]
-    ladder = config["schedule"] == "ladder"
+    origin = provenance()
+    seconds = float(state.get("seconds", 0.0))
     lines = [
         f"# Curriculum report: {run.name}", "",
         f"Robot `{config['robot']}`, initial policy `{config['init']}`, schedule `{config['schedule']}`, "
         f"regulariser `{reg['kind']}` (lambda {reg['strength']:g}), {config['steps_per_stage']:,} PPO steps per "
         f"stage after {config['adapt_steps']} adaptation step(s), horizon {config['horizon']}, seed {config['seed']}.",
         "",
+        f"Wall time of the stages: {seconds / 60:.1f} min. Code: git {origin['git_commit']}; "
+        + ", ".join(f"{name} {version}" for name, version in origin.items() if name != "git_commit") + ".",
+        "",
         "## Stages", "",
-        "Returns are of the deterministic (mean-action) policy over the evaluation episodes; distance is "
-        "metres covered along the goal's heading" + (", success the ladder's criterion." if ladder else "."), "",
-        "| stage | task | return before adapt | after adapt | after training | distance (m) |"
-        + (" success |" if ladder else ""),
-        "|---|---|---:|---:|---:|---:|" + ("---|" if ladder else ""),
+        "Which policy each return is of: *deterministic* columns are the mean-action policy over the "
+        f"{config['evaluation']['episodes']} evaluation episodes (the performance matrix's measure), before "
+        "and after the stage-start adaptation and after training; *stochastic* is the mean return of the "
+        "adaptation's own sampled episodes (the ones its gradient steps learned from). Distance is metres "
+        "covered along the goal's heading by the trained policy; success means it covered at least "
+        f"{config['evaluation']['success_distance']:g} m (the ladder's rung test, judged for every schedule).",
+        "",
+        "| stage | task | deterministic: before adapt | after adapt | after training "
+        "| stochastic: before adapt -> after | distance (m) | success |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for record in history:
+        stochastic = (f"{record['stochastic_return_before_adapt']:.1f} -> {record['stochastic_return_after_adapt']:.1f}"
+                      if "stochastic_return_before_adapt" in record else "n/a")
         lines.append(f"| {record['stage']} | {record['label']} | {record['return_before_adapt']:.1f} | "
-                     f"{record['return_after_adapt']:.1f} | {record['return_after_training']:.1f} | "
-                     f"{record['distance']:.2f} |" + (f" {'yes' if record['success'] else 'no'} |" if ladder else ""))
+                     f"{record['return_after_adapt']:.1f} | {record['return_after_training']:.1f} | {stochastic} | "
+                     f"{record['distance']:.2f} | {'yes' if record['success'] else 'no'} |")
     lines += ["", "## Performance matrix (raw returns; row i = after stage i)", "",
               matrix_to_markdown(matrix, labels, precision=1), "",
               f"Normalised ({note}):", "", _markdown_with_nan(matrix_norm, labels), "",
@@ -172,6 +200,6 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     atomic_write_text(run / "summary.json", json.dumps(
-        {"metrics": figures, "labels": labels, "matrix": matrix.tolist(), "matrix_normalised": matrix_norm.tolist()},
-        indent=2, allow_nan=True))
+        {"metrics": figures, "labels": labels, "matrix": matrix.tolist(), "matrix_normalised": matrix_norm.tolist(),
+         "wall_time_s": seconds, "provenance": origin}, indent=2, allow_nan=True))
     return path

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import yaml
 
@@ -60,9 +61,19 @@ def test_tiny_curriculum_writes_every_artefact(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert len(summary["matrix"]) == 2 and len(summary["matrix"][0]) == 2
     video = iio.imread(run / "videos/final_policy.mp4")
-    assert video.shape == (12, 240, 3 * 320, 3), "three panels (two stages, one held-out), 12 frames"
+    assert video.shape == (12, 240, 3 * 320, 3), "three panels (two stages, one held-out) in a row, 12 frames"
     report = (run / "report.md").read_text()
     assert "Performance matrix" in report and "average forgetting" in report and "gaps@0.2" in report
+    # Which policy each return is of, the adaptation measured as the matrix measures, success for
+    # every schedule, and what produced the run.
+    assert "deterministic: before adapt" in report and "stochastic: before adapt" in report
+    for record in records:
+        assert {"stochastic_return_before_adapt", "stochastic_return_after_adapt"} <= record.keys()
+        assert isinstance(record["success"], bool)
+    assert records[0]["return_after_adapt"] != records[0]["stochastic_return_after_adapt"]
+    assert "Wall time of the stages" in report and "git " in report and "torch " in report
+    assert summary["wall_time_s"] > 0 and {"torch", "mujoco", "git_commit"} <= summary["provenance"].keys()
+    assert any((run / "tb" / "curriculum").glob("events.out.tfevents.*")), "curriculum-level TensorBoard scalars"
 
     again = run_script(write_config(tmp_path), run)
     assert again.returncode != 0 and "--resume" in again.stderr
@@ -223,3 +234,23 @@ def test_task_heads_keep_one_output_layer_per_task_and_leave_it_unanchored(tmp_p
     assert resumed._resume()
     assert sorted(resumed.heads) == [0, 1]
     assert all(torch.equal(resumed.heads[k][n], heads[k][n]) for k in heads for n in heads[k])
+
+
+def test_plots_show_differences_and_signs(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
+    from agents.continual import report
+
+    captured = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: captured.setdefault(path.stem, fig) and path)
+    matrix = np.array([[0.95, 0.80], [0.79, 1.0]])
+    report.plot_matrix(matrix, ["a", "b"], tmp_path / "matrix.png")
+    image = captured["matrix"].axes[0].images[0]
+    assert image.norm.vmin == 0.79 and image.norm.vmax == 1.0, "the colour scale spans the values there are"
+    three = np.array([[1.0, np.nan, np.nan], [0.5, 1.0, np.nan], [1.2, 0.4, 1.0]])  # task 0 improved, task 1 lost
+    report.plot_forgetting(three, ["a", "b", "c"], tmp_path / "forgetting.png")
+    bars = captured["forgetting"].axes[0].patches
+    colours = [bar.get_facecolor()[:3] for bar in bars]
+    assert colours[0] != colours[1]
+    assert [round(bar.get_height(), 6) for bar in bars] == [-0.2, 0.6]
+    plt.close("all")
