@@ -1,0 +1,1 @@
+"""The run workflow every room uses: run dirs, checkpoints, configs, atomic writes, statistics, videos."""

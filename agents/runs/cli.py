@@ -1,0 +1,68 @@
+"""How every script meets its user: one line for a user's mistake, a hint on Ctrl-C, tracebacks
+only with `--debug`, and output paths checked before any work starts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+#: What a user's input can raise: a bad value (the project's checks raise ValueError naming the
+#: field and what is allowed), a file that is missing, unreadable or unwritable, or broken YAML.
+USER_ERRORS = (ValueError, OSError, yaml.YAMLError)
+DEBUG_FLAG = "--debug"
+DEBUG_HELP = "show the traceback of an error instead of its one-line message"
+
+
+def run_script(main: Callable[[], object], interrupted_hint: str = "") -> NoReturn:
+    """Run a script's `main` and exit: 0 when it returns, 2 with one line on a user error, 130 on
+    Ctrl-C (with `interrupted_hint`, e.g. how to resume). With `--debug` on the command line an
+    error keeps its traceback; the script's parser should accept the flag (`DEBUG_HELP`)."""
+    debug = DEBUG_FLAG in sys.argv[1:]
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted" + (f": {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {one_line(error)} ({DEBUG_FLAG} shows the traceback)", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (OSError: its text and the file it names)."""
+    if isinstance(error, OSError) and error.strerror:
+        message = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(message.split())
+
+
+def check_writable(path: Path, field: str) -> None:
+    """Raise a ValueError naming `field` unless `path` (a file or folder, existing or not) can be
+    written. A folder (`path` itself if it is one, else its nearest existing ancestor) is tried by
+    creating a temporary file in it, which is removed at once: permission bits alone say nothing
+    to root, nor on a read-only or virtual file system."""
+    path = Path(path)
+    if path.is_file():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{field}: {path} is not writable")
+        return
+    folder = path.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{field}: cannot create {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{field}: cannot write in {folder} ({error.strerror or one_line(error)})") from error

@@ -1,0 +1,101 @@
+"""Scripts meet their user with one line per mistake, a hint on Ctrl-C, and checked paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.runs.cli import check_writable, run_script
+from agents.runs.config import resolve_config_paths
+from envs.robots import PROJECT_ASSETS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _exit_code(main, monkeypatch: pytest.MonkeyPatch, argv: list[str], hint: str = "") -> int:
+    monkeypatch.setattr(sys, "argv", ["script", *argv])
+    with pytest.raises(SystemExit) as stop:
+        run_script(main, hint)
+    return stop.value.code
+
+
+def test_a_user_error_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    def main() -> None:
+        raise ValueError("steps: must be >= 1, got 0")
+
+    assert _exit_code(main, monkeypatch, []) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: steps: must be >= 1, got 0")
+    with pytest.raises(ValueError):  # --debug keeps the traceback
+        _exit_code(main, monkeypatch, ["--debug"])
+
+
+def test_missing_files_and_ctrl_c(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    def missing() -> None:
+        open("/nonexistent/config.yaml")
+
+    assert _exit_code(missing, monkeypatch, []) == 2
+    assert "No such file or directory: /nonexistent/config.yaml" in capsys.readouterr().err
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    assert _exit_code(interrupted, monkeypatch, [], "resume with --resume") == 130
+    assert capsys.readouterr().err == "interrupted: resume with --resume\n"
+    assert _exit_code(lambda: None, monkeypatch, []) == 0
+
+
+def test_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug() -> None:
+        raise KeyError("not a user's mistake")
+
+    monkeypatch.setattr(sys, "argv", ["script"])
+    with pytest.raises(KeyError):
+        run_script(bug)
+
+
+def test_check_writable(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new" / "deeper" / "run", "run")  # creatable
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out: cannot create .* is a file, not a folder"):
+        check_writable(tmp_path / "file" / "video.mp4", "out")
+    with pytest.raises(ValueError, match="run: cannot write in /proc"):
+        check_writable(Path("/proc/metaloco/run"), "run")
+
+
+def test_config_paths_resolve_beside_the_config_then_in_assets(tmp_path: Path) -> None:
+    config = tmp_path / "configs" / "mine.yaml"
+    config.parent.mkdir()
+    (tmp_path / "configs" / "init.pt").write_bytes(b"")
+    resolved = resolve_config_paths({"init": "init.pt", "seed": 0}, config, ("init",))
+    assert resolved == {"init": str((tmp_path / "configs" / "init.pt").resolve()), "seed": 0}
+    shipped = resolve_config_paths({"init": "checkpoints/maml_cheetah_terrain.pt"}, config, ("init",))
+    assert shipped["init"] == str((PROJECT_ASSETS / "checkpoints" / "maml_cheetah_terrain.pt").resolve())
+    for value in ("scratch", "/abs/path.pt", "missing.pt"):
+        assert resolve_config_paths({"init": value}, config, ("init",))["init"] == value
+
+
+def test_scripts_answer_bad_input_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "meta_train.py"), "--config", "nope.yaml",
+                             "--run", str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: config: no file at nope.yaml (--debug shows the traceback)"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_shipped_curriculum_config_loads_from_any_directory(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.continual.curriculum import CurriculumConfig
+    from agents.runs.config import config_from_dict
+    from agents.runs.rundir import load_yaml
+
+    monkeypatch.chdir(tmp_path)
+    path = PROJECT_ASSETS / "configs" / "curriculum_cheetah.yaml"
+    config = config_from_dict(CurriculumConfig, resolve_config_paths(load_yaml(path), path, ("init",)))
+    assert Path(config.init).is_file() and Path(config.init).is_absolute()
