@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.runs.atomic import PathLike, atomic_write_bytes
 from agents.policy import GaussianMLPPolicy
+from agents.runs.atomic import PathLike, atomic_write_bytes
 
 FORMAT_KIND = "metaloco-policy"
 FORMAT_VERSION = 1

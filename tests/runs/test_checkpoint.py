@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.runs.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from agents.runs.checkpoint import FORMAT_KIND, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from agents.continual.ewc import L2Regularizer
 from agents.policy import GaussianMLPPolicy
+from agents.runs.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from agents.runs.checkpoint import FORMAT_KIND, FORMAT_VERSION, load_checkpoint, save_checkpoint
 
 
 def _policy(obs_dim: int = 5, act_dim: int = 2, seed: int = 0) -> GaussianMLPPolicy:

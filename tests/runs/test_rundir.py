@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from agents.runs.checkpoint import load_checkpoint
 from agents.policy import GaussianMLPPolicy
+from agents.runs.checkpoint import load_checkpoint
 from agents.runs.rundir import (
     RUN_SUBDIRS,
     MetricsLog,

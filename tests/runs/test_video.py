@@ -8,8 +8,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from agents.runs.checkpoint import save_checkpoint
 from agents.policy import GaussianMLPPolicy
+from agents.runs.checkpoint import save_checkpoint
 from agents.runs.video import policy_actor
 
 ROOT = Path(__file__).resolve().parents[2]
