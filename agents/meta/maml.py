@@ -116,7 +116,7 @@ def adapt_k_steps(
     inner_lr: float,
     num_steps: int = 1,
     first_order: bool = False,
-    advantages: torch.Tensor | None = None,
+    advantages: torch.Tensor | Sequence[torch.Tensor] | None = None,
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
     normalize_advantages: bool = True,
@@ -129,12 +129,15 @@ def adapt_k_steps(
       detached current adapted `params`. The meta-gradient then ignores how the sampling
       distribution depends on the meta-parameters (no DiCE-style correction).
 
-    `advantages` is only accepted with a single `Episodes`. Other arguments as in `adapt()`.
+    `advantages`: for a single `Episodes` its advantages; for a sequence, one per step. Other
+    arguments as in `adapt()`.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if advantages is not None and not isinstance(episodes, Episodes):
-        raise ValueError("advantages can only be given with a single Episodes")
+    if advantages is not None and callable(episodes):
+        raise ValueError("advantages cannot be given for episodes sampled on the fly")
+    if isinstance(episodes, Sequence) and advantages is not None and len(advantages) != len(episodes):
+        raise ValueError(f"got {len(advantages)} advantages for {len(episodes)} Episodes")
     if isinstance(episodes, Episodes) and advantages is None:
         advantages = baseline_advantages(episodes, gamma, gae_lambda, normalize_advantages)
     if isinstance(episodes, Sequence) and len(episodes) != num_steps:
@@ -144,7 +147,7 @@ def adapt_k_steps(
         if isinstance(episodes, Episodes):
             step_episodes, step_advantages = episodes, advantages
         elif isinstance(episodes, Sequence):
-            step_episodes, step_advantages = episodes[k], None
+            step_episodes, step_advantages = episodes[k], None if advantages is None else advantages[k]
         else:
             step_episodes = episodes(k, {name: p.detach() for name, p in current.items()})
             step_advantages = None
@@ -167,18 +170,20 @@ class TaskBatch:
     """All tasks' episodes and (constant) advantages stacked along a leading task axis.
 
     Each tensor is `[N, T, B, ...]` for N tasks; tasks with fewer steps or episodes are padded with
-    zeros and mask 0, which leaves every masked mean unchanged. Built once per meta-step.
+    zeros and mask 0, which leaves every masked mean unchanged. Built once per meta-step. `train`
+    holds one episode set per inner step (step k adapts on `train[k]`, sampled with the parameters
+    of step k - 1), or a single set that every inner step reuses.
     """
 
-    train: Episodes
+    train: list[Episodes]
     valid: Episodes
-    train_advantages: torch.Tensor
+    train_advantages: list[torch.Tensor]
     valid_advantages: torch.Tensor
 
     @property
     def num_tasks(self) -> int:
         """Number of tasks N."""
-        return int(self.train.mask.shape[0])
+        return int(self.valid.mask.shape[0])
 
     def every(self, k: int) -> TaskBatch:
         """Every k-th time step of each episode (a view; k=1 is this batch)."""
@@ -189,13 +194,13 @@ class TaskBatch:
             return Episodes(e.observations[:, ::k], e.actions[:, ::k], e.rewards[:, ::k], e.mask[:, ::k],
                             e.terminated)
 
-        return TaskBatch(strided(self.train), strided(self.valid), self.train_advantages[:, ::k],
-                         self.valid_advantages[:, ::k])
+        return TaskBatch([strided(e) for e in self.train], strided(self.valid),
+                         [a[:, ::k] for a in self.train_advantages], self.valid_advantages[:, ::k])
 
-    def task(self, i: int) -> tuple[Episodes, Episodes, torch.Tensor, torch.Tensor]:
-        """Task i's (padded) train and valid episodes and their advantages."""
-        return _episodes_at(self.train, i), _episodes_at(self.valid, i), self.train_advantages[i], \
-            self.valid_advantages[i]
+    def task(self, i: int) -> tuple[list[Episodes], Episodes, list[torch.Tensor], torch.Tensor]:
+        """Task i's (padded) train episode sets, valid episodes and their advantages."""
+        return [_episodes_at(e, i) for e in self.train], _episodes_at(self.valid, i), \
+            [a[i] for a in self.train_advantages], self.valid_advantages[i]
 
 
 def _episodes_at(stacked: Episodes, i: int) -> Episodes:
@@ -222,18 +227,28 @@ def stack_episodes(episodes: Sequence[Episodes]) -> Episodes:
 
 
 def prepare_tasks(
-    tasks: Sequence[tuple[Episodes, Episodes]],
+    tasks: Sequence[tuple[Episodes | Sequence[Episodes], Episodes]],
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
     normalize_advantages: bool = True,
 ) -> TaskBatch:
-    """Stack the tasks and fit a linear baseline on each episode set (each task's train and valid apart)."""
+    """Stack the tasks and fit a linear baseline on each episode set (each task's sets apart).
+
+    Each task is `(train, valid)`; `train` is one `Episodes` (reused at every inner step) or one
+    per inner step, the same number for every task.
+    """
     if not tasks:
         raise ValueError("prepare_tasks needs at least one task")
-    train = stack_episodes([t for t, _ in tasks])
+    per_task = [[train] if isinstance(train, Episodes) else list(train) for train, _ in tasks]
+    if len({len(sets) for sets in per_task}) != 1:
+        raise ValueError(f"every task needs as many train episode sets, got {[len(s) for s in per_task]}")
+    train = [stack_episodes([sets[k] for sets in per_task]) for k in range(len(per_task[0]))]
     valid = stack_episodes([v for _, v in tasks])
-    return TaskBatch(train, valid, baseline_advantages(train, gamma, gae_lambda, normalize_advantages),
-                     baseline_advantages(valid, gamma, gae_lambda, normalize_advantages))
+
+    def advantages(episodes: Episodes) -> torch.Tensor:
+        return baseline_advantages(episodes, gamma, gae_lambda, normalize_advantages)
+
+    return TaskBatch(train, valid, [advantages(e) for e in train], advantages(valid))
 
 
 def task_distribution(policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], observations: torch.Tensor
@@ -254,8 +269,8 @@ def task_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def adapt_tasks(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
-    episodes: Episodes,
-    advantages: torch.Tensor,
+    episodes: Episodes | Sequence[Episodes],
+    advantages: torch.Tensor | Sequence[torch.Tensor],
     inner_lr: float,
     num_steps: int = 1,
     first_order: bool = False,
@@ -271,22 +286,29 @@ def adapt_tasks(
     Args:
         policy: the policy architecture.
         params: meta-parameters, one tensor per name (not modified).
-        episodes: stacked train episodes (`stack_episodes`), `[N, T, B, ...]`.
-        advantages: `[N, T, B]` constant advantages.
+        episodes: stacked train episodes (`stack_episodes`), `[N, T, B, ...]`: one set that every
+            step reuses, or a sequence of `num_steps` sets (step k on set k).
+        advantages: `[N, T, B]` constant advantages (a sequence, one per set, with a sequence).
         inner_lr: SGD step size.
-        num_steps: inner steps, all on the same episodes.
+        num_steps: inner steps.
         first_order: drop the second-order terms of the meta-gradient.
     """
-    n = episodes.mask.shape[0]
+    sets = [episodes] if isinstance(episodes, Episodes) else list(episodes)
+    set_advantages = [advantages] if isinstance(advantages, torch.Tensor) else list(advantages)
+    if len(sets) not in (1, num_steps) or len(set_advantages) != len(sets):
+        raise ValueError(f"got {len(sets)} episode sets and {len(set_advantages)} advantages for "
+                         f"num_steps={num_steps}: give one set, or one per step")
+    n = sets[0].mask.shape[0]
     with torch.enable_grad():
         current = {
             name: p.unsqueeze(0).expand(n, *p.shape) if p.requires_grad
             else p.detach().unsqueeze(0).repeat(n, *[1] * p.dim()).requires_grad_(True)
             for name, p in params.items()
         }
-        for _ in range(num_steps):
-            log_probs = task_distribution(policy, current, episodes.observations).log_prob(episodes.actions)
-            loss = -task_means(log_probs * advantages.detach(), episodes.mask).sum()
+        for k in range(num_steps):
+            step_episodes, step_advantages = sets[k % len(sets)], set_advantages[k % len(sets)]
+            log_probs = task_distribution(policy, current, step_episodes.observations).log_prob(step_episodes.actions)
+            loss = -task_means(log_probs * step_advantages.detach(), step_episodes.mask).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=not first_order, allow_unused=True)
             current = {name: p if g is None else p - inner_lr * g
                        for (name, p), g in zip(current.items(), grads, strict=True)}
@@ -361,7 +383,10 @@ def outer_objective_per_task(
     losses, kls, adapted_all, locs, scales = [], [], [], [], []
     for i in range(tasks.num_tasks):
         train, valid, train_advantages, valid_advantages = tasks.task(i)
-        adapted = adapt_k_steps(policy, params, train, inner_lr, num_steps, first_order, train_advantages)
+        if len(train) == 1:
+            adapted = adapt_k_steps(policy, params, train[0], inner_lr, num_steps, first_order, train_advantages[0])
+        else:
+            adapted = adapt_k_steps(policy, params, train, inner_lr, num_steps, first_order, train_advantages)
         dist = policy(valid.observations, adapted)
         old = detach_distribution(dist) if old_distribution is None else _distribution_at(old_distribution, i)
         ratio = torch.exp(dist.log_prob(valid.actions) - old.log_prob(valid.actions).detach())
@@ -413,7 +438,7 @@ class MAMLConfig:
     """Hyper-parameters of `MAMLTRPO` (defaults follow pytorch-maml-rl's locomotion settings)."""
 
     inner_lr: float = 0.1  # SGD step size of the inner adaptation
-    num_inner_steps: int = 1  # inner steps per task, all on the task's train episodes
+    num_inner_steps: int = 1  # inner steps per task (each on its own episode set, or all on one)
     first_order: bool = False  # FOMAML: ignore the second-order terms of the meta-gradient
     outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update: trust region or Adam
     max_kl: float = 1e-2  # TRPO trust-region bound on the mean KL
@@ -519,14 +544,18 @@ class MAMLTRPO:
         )
         return {name: p.detach() for name, p in adapted.items()}
 
-    def adapt_tasks(self, episodes: Sequence[Episodes]) -> list[Params]:
-        """Detached adapted parameters of every task at once (first order, as `adapt`), one dict per task."""
+    def adapt_tasks(self, episodes: Sequence[Sequence[Episodes]]) -> list[Params]:
+        """Detached adapted parameters of every task at once (first order, as `adapt`), one dict per task.
+
+        `episodes[k][i]` is task i's episodes of inner step k: as many steps are taken as sets are
+        given (sampling for step k + 1 needs the parameters after step k).
+        """
         cfg = self.config
-        stacked = stack_episodes(episodes)
-        advantages = baseline_advantages(stacked, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
-        adapted = adapt_tasks(self.policy, self.policy.parameters_dict(), stacked, advantages, cfg.inner_lr,
-                              cfg.num_inner_steps, first_order=True)
-        return [{name: p[i].detach() for name, p in adapted.items()} for i in range(len(episodes))]
+        sets = [stack_episodes(step) for step in episodes]
+        advantages = [baseline_advantages(e, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages) for e in sets]
+        adapted = adapt_tasks(self.policy, self.policy.parameters_dict(), sets, advantages, cfg.inner_lr,
+                              len(sets), first_order=True)
+        return [{name: p[i].detach() for name, p in adapted.items()} for i in range(len(episodes[0]))]
 
     def _objective(
         self,
@@ -539,8 +568,9 @@ class MAMLTRPO:
         objective = outer_objective_per_task if cfg.reference_update else outer_objective
         return objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old)
 
-    def step(self, tasks: Sequence[tuple[Episodes, Episodes]]) -> MetaStepRecord:
-        """One meta-update on `(train_episodes, valid_episodes)` pairs, one pair per task."""
+    def step(self, tasks: Sequence[tuple[Episodes | Sequence[Episodes], Episodes]]) -> MetaStepRecord:
+        """One meta-update on `(train_episodes, valid_episodes)` pairs, one pair per task; the train
+        episodes are one set (reused by every inner step) or one set per inner step."""
         cfg = self.config
         t_start = time.perf_counter()
         data = prepare_tasks(tasks, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
@@ -579,7 +609,7 @@ class MAMLTRPO:
 
         t_end = time.perf_counter()
         return MetaStepRecord(
-            pre_adapt_return=_mean_return([train for train, _ in tasks]),
+            pre_adapt_return=_mean_return([train if isinstance(train, Episodes) else train[0] for train, _ in tasks]),
             post_adapt_return=_mean_return([valid for _, valid in tasks]),
             loss_before=loss_before,
             loss_after=loss_after,

@@ -1,8 +1,9 @@
 """The meta-training loop: sample tasks, adapt, sample again, meta-update; log, checkpoint, resume.
 
 One iteration: draw `meta_batch_size` training tasks; sample `episodes_per_task` episodes of each
-with the meta-parameters; adapt per task; sample as many with the adapted parameters; one
-MAML-TRPO (or first-order/Adam) meta-update. Every random draw of iteration i comes from seeds
+with the meta-parameters; adapt per task, sampling fresh episodes with the adapted parameters for
+every further inner step; sample as many with the final adapted parameters; one MAML-TRPO (or
+first-order/Adam) meta-update. Every random draw of iteration i comes from seeds
 derived from (seed, i), so a resumed run continues exactly as an uninterrupted one would.
 """
 
@@ -41,7 +42,7 @@ class MetaTrainConfig:
     hidden_sizes: tuple[int, ...] = (64, 64)  # policy MLP widths
     height_scan: bool = False  # give the policy the terrain heights ahead
     inner_lr: float = 0.1  # inner SGD step size
-    num_inner_steps: int = 1  # inner adaptation steps
+    num_inner_steps: int = 1  # inner adaptation steps, each on fresh episodes of the previous step's parameters
     first_order: bool = False  # first-order MAML (no second-order terms)
     outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update
     max_kl: float = 0.01  # TRPO trust region
@@ -138,26 +139,36 @@ def meta_iteration(learner: MAMLTRPO, sampler: Sampler, config: MetaTrainConfig,
     t0 = time.perf_counter()
     tasks = TaskDistribution(config.family, iteration_seed(config.seed, iteration, 0)).sample(config.meta_batch_size)
     steps_before = sampler.env_steps
-    train = sampler.sample(learner.policy, tasks, config.episodes_per_task,
-                           seed=iteration_seed(config.seed, iteration, 1))
-    t1 = time.perf_counter()
-    with torch_threads(config.update_threads):
-        adapted = learner.adapt_tasks(train)
+    # Inner step k adapts on episodes sampled with the parameters after step k - 1 (the MAML paper's
+    # protocol, and the evaluation's); step 0's seed and the valid episodes' keep their purposes 1
+    # and 2, so one-step runs are unchanged.
+    train_sets, adapted, time_sample, time_adapt = [], None, 0.0, 0.0
+    for k in range(config.num_inner_steps):
+        started = time.perf_counter()
+        train_sets.append(sampler.sample(learner.policy, tasks, config.episodes_per_task, params=adapted,
+                                         seed=iteration_seed(config.seed, iteration, 1 if k == 0 else 2 + k)))
+        sampled_at = time.perf_counter()
+        with torch_threads(config.update_threads):
+            adapted = learner.adapt_tasks(train_sets)
+        time_sample += sampled_at - started
+        time_adapt += time.perf_counter() - sampled_at
     t2 = time.perf_counter()
     valid = sampler.sample(learner.policy, tasks, config.episodes_per_task, params=adapted,
                            seed=iteration_seed(config.seed, iteration, 2))
     t3 = time.perf_counter()
+    time_sample += t3 - t2
     with torch_threads(config.update_threads):
-        step = learner.step(list(zip(train, valid, strict=True)))
+        per_task = [[step_set[i] for step_set in train_sets] for i in range(len(tasks))]
+        step = learner.step(list(zip(per_task, valid, strict=True)))
     t4 = time.perf_counter()
     sampled = sampler.env_steps - steps_before
     return {
         "step": iteration + 1,
         **step.to_dict(),
         "env_steps": sampled,
-        "steps_per_s": sampled / max((t1 - t0) + (t3 - t2), 1e-9),
-        "time_sample": (t1 - t0) + (t3 - t2),
-        "time_adapt": t2 - t1,
+        "steps_per_s": sampled / max(time_sample, 1e-9),
+        "time_sample": time_sample,
+        "time_adapt": time_adapt,
         "time_meta_update": t4 - t3,
         "time_iteration": t4 - t0,
     }

@@ -115,7 +115,7 @@ def test_outer_objective_evaluates_the_adapted_parameters(objective) -> None:
 
     by_hand, unadapted, kls = [], [], []
     for i in range(tasks.num_tasks):
-        train, valid, _, valid_advantages = tasks.task(i)
+        (train,), valid, _, valid_advantages = tasks.task(i)
         old_i = Independent(Normal(old.base_dist.loc[i], old.base_dist.scale[i]), 1)
         adapted = adapt(policy, params, train, INNER_LR)
         for name in params:
@@ -136,9 +136,9 @@ def test_prepared_tasks_keep_each_tasks_own_advantages() -> None:
     raw = make_tasks(policy)
     tasks = prepare_tasks(raw)
     for i, (train, valid) in enumerate(raw):
-        torch.testing.assert_close(tasks.train_advantages[i], baseline_advantages(train))
+        torch.testing.assert_close(tasks.train_advantages[0][i], baseline_advantages(train))
         torch.testing.assert_close(tasks.valid_advantages[i], baseline_advantages(valid))
-        torch.testing.assert_close(tasks.task(i)[0].observations, train.observations)
+        torch.testing.assert_close(tasks.task(i)[0][0].observations, train.observations)
 
 
 def hand_kl(policy: GaussianMLPPolicy, params, valid: Episodes, old) -> torch.Tensor:
@@ -278,7 +278,7 @@ def test_batched_adaptation_equals_each_tasks_own() -> None:
                 torch.testing.assert_close(batched[name][i], alone[name], rtol=1e-12, atol=1e-12)
     # The learner's detached version, as the sampler gets it.
     learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR))
-    for got, (train, _) in zip(learner.adapt_tasks([t for t, _ in raw]), raw, strict=True):
+    for got, (train, _) in zip(learner.adapt_tasks([[t for t, _ in raw]]), raw, strict=True):
         want = learner.adapt(train)
         assert not any(p.requires_grad for p in got.values())
         for name in want:
@@ -337,7 +337,7 @@ def test_tasks_of_different_sizes_are_padded_without_changing_the_objective() ->
     raw = [(make_episodes(policy, 1.0, seed=1, horizon=6, batch=3), make_episodes(policy, 1.0, seed=2, horizon=4)),
            (make_episodes(policy, -1.0, seed=3, horizon=5, batch=5), make_episodes(policy, -1.0, seed=4, batch=2))]
     tasks = prepare_tasks(raw)
-    assert tasks.train.observations.shape[:3] == (2, 6, 5)
+    assert tasks.train[0].observations.shape[:3] == (2, 6, 5)
     params = policy.parameters_dict()
     result = outer_objective(policy, params, tasks, INNER_LR)
     losses = []
@@ -352,3 +352,38 @@ def test_tasks_of_different_sizes_are_padded_without_changing_the_objective() ->
     want = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))
     for got, expected in zip(grads, want, strict=True):
         torch.testing.assert_close(got, expected)
+
+
+def test_every_inner_step_adapts_on_its_own_episodes() -> None:
+    policy = make_policy()
+    goals = (1.0, -1.0, 0.5)
+    steps = [[make_episodes(policy, g, seed=100 * k + i) for i, g in enumerate(goals)] for k in range(2)]
+    valid = [make_episodes(policy, g, seed=500 + i) for i, g in enumerate(goals)]
+    tasks = prepare_tasks([([steps[0][i], steps[1][i]], valid[i]) for i in range(len(goals))])
+    params = policy.parameters_dict()
+    batched = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 2)
+    reused = adapt_tasks(policy, params, tasks.train[0], tasks.train_advantages[0], INNER_LR, 2)
+    for i in range(len(goals)):
+        alone = adapt_k_steps(policy, params, [steps[0][i], steps[1][i]], INNER_LR, 2)
+        for name in params:
+            torch.testing.assert_close(batched[name][i], alone[name], rtol=1e-12, atol=1e-12)
+        differs = max(float((batched[n][i] - reused[n][i]).detach().abs().max()) for n in params)
+        assert differs > 1e-6, "step 2 adapted on its own episodes, not step 1's again"
+    # The reference and the batched objective agree with per-step sets, and the learner's sampling
+    # adaptation takes one step per set it is given.
+    old = detach_distribution(outer_objective_per_task(policy, params, tasks, INNER_LR, 2).distribution)
+    for first_order in (False, True):
+        a = outer_objective(policy, params, tasks, INNER_LR, 2, first_order, old)
+        b = outer_objective_per_task(policy, params, tasks, INNER_LR, 2, first_order, old)
+        torch.testing.assert_close(a.loss, b.loss)
+        torch.testing.assert_close(a.kl, b.kl)
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2))
+    one = learner.adapt_tasks(steps[:1])
+    two = learner.adapt_tasks(steps)
+    for i in range(len(goals)):
+        want = learner.adapt([steps[0][i], steps[1][i]], num_steps=2)
+        for name in want:
+            torch.testing.assert_close(two[i][name], want[name], rtol=1e-12, atol=1e-12)
+        assert not torch.equal(one[i]["mean_net.0.weight"], two[i]["mean_net.0.weight"])
+    with pytest.raises(ValueError, match="episode sets"):
+        adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 3)
