@@ -6,12 +6,17 @@ graph for second-order meta-gradients), and the policy runs any dict through
 `torch.func.functional_call` (`policy(obs, params)`). The module itself is only written by the
 meta-update.
 
-Data contract: for each task the caller hands over `(train_episodes, valid_episodes)`, the train
-episodes sampled with the current meta-parameters and the valid episodes sampled with the
-parameters `adapt()` returns for those train episodes (`MAMLTRPO.adapt` gives them, detached).
+Data contract: for each task the caller hands over `(train_episodes, valid_episodes)`: the train
+episodes of each inner step (step 0's sampled with the current meta-parameters, step k's with the
+parameters after step k - 1; or one set that every step reuses) and the valid episodes sampled
+with the parameters the adaptation ends at (`MAMLTRPO.adapt_tasks` gives them, detached).
 `Episodes` carries no log-probabilities, so the "old" sampling policy of the surrogate is
 recomputed as the adapted policy at the start of the step (detached): exact when the valid
 episodes were sampled with it, as above.
+
+The meta-update treats the tasks as a batch dimension (`TaskBatch`, `adapt_tasks`,
+`outer_objective`) and takes its Fisher-vector products in the Gauss-Newton form
+(`kl_curvature_outputs`); `outer_objective_per_task` is the per-task loop it is tested against.
 """
 
 from __future__ import annotations
@@ -379,7 +384,7 @@ def outer_objective_per_task(
     old_distribution: Independent | None = None,
 ) -> OuterResult:
     """`outer_objective` computed task by task in a Python loop: the reference that the batched
-    objective is tested and benchmarked against (`MAMLConfig.batch_tasks=False`). Same arguments."""
+    objective is tested and benchmarked against (`MAMLConfig.reference_update=True`). Same arguments."""
     losses, kls, adapted_all, locs, scales = [], [], [], [], []
     for i in range(tasks.num_tasks):
         train, valid, train_advantages, valid_advantages = tasks.task(i)
