@@ -162,14 +162,14 @@ class BatchedEnv:
         # warning and repeats its last state, and a diverged state found on the last substep is
         # reset to time 0 by MuJoCo itself. Such members are stepped again below by the single
         # env's code, which decides stability exactly as a single env does.
-        stalled = ~(substeps[:, -1, 0] > states[:, 0] + self._clock_margin)
-        if everyone and not np.count_nonzero(stalled):
+        stalled = np.flatnonzero(~(substeps[:, -1, 0] > states[:, 0] + self._clock_margin))
+        redo_from = states[stalled]  # fancy indexing copies: the rows before this step
+        if everyone:
             np.copyto(self._states, substeps[:, -1])
-            return
-        members = np.arange(self.num_envs) if everyone else members
-        redo_from = states[stalled]  # boolean indexing copies: the rows before this step
-        self._states[members] = substeps[:, -1]
-        for i, state in zip(members[stalled], redo_from, strict=True):
+        else:
+            self._states[members] = substeps[:, -1]
+            stalled = members[stalled]
+        for i, state in zip(stalled, redo_from, strict=True):
             self._stable[i] = self._step_like_single_env(i, state)
 
     def _step_like_single_env(self, i: int, state: np.ndarray) -> bool:
