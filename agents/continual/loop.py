@@ -236,7 +236,9 @@ class Curriculum:
                         "mean_seen"):
                 writer.add_scalar(f"curriculum/{key}", record[key], stage)
             matrix = self.state.matrix
-            for column, (label, value) in enumerate(zip(self._column_labels(), row, strict=False)):
+            columns = self._matrix_columns([r["pool_index"] for r in self.state.history])
+            labels = [self.config.stages[pool].label for pool in columns]
+            for column, (label, value) in enumerate(zip(labels, row, strict=False)):
                 if math.isfinite(value):
                     writer.add_scalar(f"matrix/{column}_{label}", value, stage)
                     if column < stage:
@@ -245,10 +247,10 @@ class Curriculum:
                                     strict=True):
                 writer.add_scalar(f"held_out/{label}", value, stage)
 
-    def _column_labels(self) -> list[str]:
-        """The matrix columns' task labels: stages so far, then (fixed schedule) the ones to come."""
-        seen = [self.config.stages[r["pool_index"]].label for r in self.state.history]
-        future = [s.label for s in self.config.stages[len(seen):]] if self.config.schedule == "fixed" else []
+    def _matrix_columns(self, seen: list[int]) -> list[int]:
+        """Pool indices of R's columns: the stages so far (`seen`), then, for a fixed schedule, the
+        ones to come."""
+        future = list(range(len(seen), len(self.pool_tasks))) if self.config.schedule == "fixed" else []
         return seen + future
 
     def _adapt(self, task: Task, stage: int) -> dict[str, float]:
@@ -343,8 +345,7 @@ class Curriculum:
         """Row `stage` of R: the tasks of stages so far (and, for a fixed schedule, the ones to come)."""
         cfg = self.config
         seen = [record["pool_index"] for record in self.state.history] + [pool_index]
-        future = list(range(len(seen), len(self.pool_tasks))) if cfg.schedule == "fixed" else []
-        columns = seen + future
+        columns = self._matrix_columns(seen)
         params = [self._task_params(i) for i in columns] if cfg.task_heads else None
         returns, distances = self._evaluate([self.pool_tasks[i] for i in columns], params=params)
         n_columns = self.schedule.total_stages()
