@@ -14,8 +14,8 @@ with the parameters the adaptation ends at (`MAMLTRPO.adapt_tasks` gives them, d
 recomputed as the adapted policy at the start of the step (detached): exact when the valid
 episodes were sampled with it, as above.
 
-The meta-update treats the tasks as a batch dimension (`TaskBatch`, `adapt_tasks`,
-`outer_objective`) and takes its Fisher-vector products in the Gauss-Newton form
+The meta-update treats the tasks as a batch dimension (`agents.meta.task_batch.TaskBatch`,
+`adapt_tasks`, `outer_objective`) and takes its Fisher-vector products in the Gauss-Newton form
 (`kl_curvature_outputs`); `outer_objective_per_task` is the per-task loop it is tested against.
 """
 
@@ -32,6 +32,7 @@ from torch.func import vmap
 
 from agents.episodes import Episodes
 from agents.meta.returns import baseline_advantages
+from agents.meta.task_batch import TaskBatch, prepare_tasks, stack_episodes
 from agents.meta.trpo import (
     conjugate_gradient,
     flatten_params,
@@ -168,92 +169,6 @@ def adapt_k_steps(
             normalize_advantages,
         )
     return current
-
-
-@dataclass
-class TaskBatch:
-    """All tasks' episodes and (constant) advantages stacked along a leading task axis.
-
-    Each tensor is `[N, T, B, ...]` for N tasks; tasks with fewer steps or episodes are padded with
-    zeros and mask 0, which leaves every masked mean unchanged. Built once per meta-step. `train`
-    holds one episode set per inner step (step k adapts on `train[k]`, sampled with the parameters
-    of step k - 1), or a single set that every inner step reuses.
-    """
-
-    train: list[Episodes]
-    valid: Episodes
-    train_advantages: list[torch.Tensor]
-    valid_advantages: torch.Tensor
-
-    @property
-    def num_tasks(self) -> int:
-        """Number of tasks N."""
-        return int(self.valid.mask.shape[0])
-
-    def every(self, k: int) -> TaskBatch:
-        """Every k-th time step of each episode (a view; k=1 is this batch)."""
-        if k == 1:
-            return self
-
-        def strided(e: Episodes) -> Episodes:
-            return Episodes(e.observations[:, ::k], e.actions[:, ::k], e.rewards[:, ::k], e.mask[:, ::k],
-                            e.terminated)
-
-        return TaskBatch([strided(e) for e in self.train], strided(self.valid),
-                         [a[:, ::k] for a in self.train_advantages], self.valid_advantages[:, ::k])
-
-    def task(self, i: int) -> tuple[list[Episodes], Episodes, list[torch.Tensor], torch.Tensor]:
-        """Task i's (padded) train episode sets, valid episodes and their advantages."""
-        return [_episodes_at(e, i) for e in self.train], _episodes_at(self.valid, i), \
-            [a[i] for a in self.train_advantages], self.valid_advantages[i]
-
-
-def _episodes_at(stacked: Episodes, i: int) -> Episodes:
-    return Episodes(stacked.observations[i], stacked.actions[i], stacked.rewards[i], stacked.mask[i],
-                    stacked.terminated[i])
-
-
-def _stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack `[T_i, B_i, ...]` tensors into `[N, max T, max B, ...]`, zero-padded."""
-    shape = [max(t.shape[d] for t in tensors) for d in range(2)]
-    out = tensors[0].new_zeros((len(tensors), *shape, *tensors[0].shape[2:]))
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0], : t.shape[1]] = t
-    return out
-
-
-def stack_episodes(episodes: Sequence[Episodes]) -> Episodes:
-    """One `Episodes` whose fields carry a leading task axis (`[N, T, B, ...]`, zero-padded)."""
-    terminated = torch.zeros(len(episodes), max(e.batch_size for e in episodes), dtype=torch.bool)
-    for i, e in enumerate(episodes):
-        terminated[i, : e.batch_size] = e.terminated
-    return Episodes(*(_stack_padded([getattr(e, name) for e in episodes])
-                      for name in ("observations", "actions", "rewards", "mask")), terminated)
-
-
-def prepare_tasks(
-    tasks: Sequence[tuple[Episodes | Sequence[Episodes], Episodes]],
-    gamma: float = 0.99,
-    gae_lambda: float = 1.0,
-    normalize_advantages: bool = True,
-) -> TaskBatch:
-    """Stack the tasks and fit a linear baseline on each episode set (each task's sets apart).
-
-    Each task is `(train, valid)`; `train` is one `Episodes` (reused at every inner step) or one
-    per inner step, the same number for every task.
-    """
-    if not tasks:
-        raise ValueError("prepare_tasks needs at least one task")
-    per_task = [[train] if isinstance(train, Episodes) else list(train) for train, _ in tasks]
-    if len({len(sets) for sets in per_task}) != 1:
-        raise ValueError(f"every task needs as many train episode sets, got {[len(s) for s in per_task]}")
-    train = [stack_episodes([sets[k] for sets in per_task]) for k in range(len(per_task[0]))]
-    valid = stack_episodes([v for _, v in tasks])
-
-    def advantages(episodes: Episodes) -> torch.Tensor:
-        return baseline_advantages(episodes, gamma, gae_lambda, normalize_advantages)
-
-    return TaskBatch(train, valid, [advantages(e) for e in train], advantages(valid))
 
 
 def task_distribution(policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], observations: torch.Tensor

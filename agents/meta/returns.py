@@ -106,7 +106,7 @@ class LinearFeatureBaseline:
     bias, where `t` is the step index inside the episode. The clip bounds the feature scale, so the
     absolute ridge term stays meaningful.
 
-    Episodes may carry a leading task axis (`[N, T, B, ...]`, as `agents.meta.maml.stack_episodes`
+    Episodes may carry a leading task axis (`[N, T, B, ...]`, as `agents.meta.task_batch.stack_episodes`
     makes them): then one baseline is fitted per task, all in one batched solve.
 
     Args:

@@ -19,9 +19,9 @@ from agents.meta.maml import (
     masked_mean,
     outer_objective,
     outer_objective_per_task,
-    prepare_tasks,
 )
 from agents.meta.returns import baseline_advantages
+from agents.meta.task_batch import prepare_tasks
 from agents.meta.trpo import flatten_params, gauss_newton_vector_product, hessian_vector_product, unflatten_params
 from agents.policy import GaussianMLPPolicy
 
