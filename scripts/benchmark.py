@@ -31,7 +31,7 @@ from envs import ENV_IDS
 from envs.locomotion import LocomotionEnv, build_model
 from envs.tasks import Task, Terrain
 
-PARTS = ("env", "sampler", "meta", "memory", "fisher")  # fisher: a learning check (minutes), not in the default
+PARTS = ("env", "sampler", "meta", "memory")
 GYMNASIUM_PEERS = {"cheetah": "HalfCheetah-v5", "quadruped": "Ant-v5", "walker": "Walker2d-v5"}
 TERRAINS = {"flat": Task(), "rough": Task(Terrain("rough", 0.5, 0))}
 
@@ -302,33 +302,6 @@ def bench_task_switch_memory(switches: int) -> dict[str, float]:
             "seconds_per_switch_and_frame": seconds / switches}
 
 
-def check_fisher_every(iterations: int, seeds: list[int], settings: tuple[int, ...] = (1, 5)) -> dict:
-    """Does a Fisher on every k-th step change what meta-training learns? Meta-trains the default
-    cheetah velocity config for `iterations` iterations per seed and setting (same seeds, so the first
-    iteration's data are shared) and reports each run's post-adaptation return over its last 10
-    iterations, the paired difference per seed and the outer update's seconds."""
-    from agents.meta.meta_train import meta_iteration
-
-    sampler, make = meta_setup()
-    runs: dict[str, dict] = {}
-    for seed in seeds:
-        for every in settings:
-            config, learner = make({"seed": seed, "fisher_every": every, "iterations": iterations})
-            records = [meta_iteration(learner, sampler, config, i) for i in range(iterations)]
-            tail = records[-10:]
-            runs[f"every{every}/seed{seed}"] = {
-                "post_adapt_return_last10": statistics.mean(r["post_adapt_return"] for r in tail),
-                "pre_adapt_return_last10": statistics.mean(r["pre_adapt_return"] for r in tail),
-                "update_s_median": statistics.median(r["time_meta_update"] for r in records),
-                "post_adapt_return": [r["post_adapt_return"] for r in records]}
-            print(f"fisher every {every} seed {seed}: post-adapt return (last 10) "
-                  f"{runs[f'every{every}/seed{seed}']['post_adapt_return_last10']:.1f}", flush=True)
-    paired = {f"every{k}_minus_every{settings[0]}": [runs[f"every{k}/seed{s}"]["post_adapt_return_last10"]
-                                                     - runs[f"every{settings[0]}/seed{s}"]["post_adapt_return_last10"]
-                                                     for s in seeds] for k in settings[1:]}
-    return {"iterations": iterations, "seeds": seeds, "runs": runs, "paired_difference_per_seed": paired}
-
-
 def current_memory_mb() -> float:
     """Resident memory of this process now, in MiB (Linux /proc)."""
     with open("/proc/self/statm") as statm:
@@ -357,23 +330,13 @@ def _spread(row: dict, key: str, fmt: str) -> str:
     return f"{row[key]:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
-def _paired(diffs: list[float]) -> str:
-    """Mean paired difference with its 95% t-interval across seeds, and whether it excludes zero."""
-    from agents.runs.stats import mean_confidence_interval
-
-    mean, low, high = mean_confidence_interval(diffs)
-    verdict = "not distinguishable from zero" if low <= 0 <= high else "distinguishable from zero"
-    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}], {verdict} ({', '.join(f'{d:+.1f}' for d in diffs)})"
-
-
-def to_markdown(results: dict, level: int = 1, title: str = "MetaLoco benchmark") -> str:
+def to_markdown(results: dict, level: int = 1) -> str:
     """The benchmark's tables as Markdown (medians, with the min-max over repeats in brackets);
     `level` is the heading level of the title (README sections use a deeper one)."""
     head = "#" * level
-    timed = any(results.get(part) for part in ("env_steps", "sampler", "meta_iteration"))
-    lines = [f"{head} {title}", "", results["machine"] + (
-        f"; {results['repeats']} repeats, contenders interleaved within each; every ratio is the median of "
-        "per-repeat ratios (both figures from the same repeat)." if timed else "."), ""]
+    lines = [f"{head} MetaLoco benchmark", "",
+             f"{results['machine']}; {results['repeats']} repeats, contenders interleaved within each; every ratio "
+             "is the median of per-repeat ratios (both figures from the same repeat).", ""]
     if results.get("env_steps"):
         lines += [f"{head}# Env steps per second (single env; {results['env_repeats']} short repeats of "
                   f"{results['env_steps_per_repeat']:,} steps)", "",
@@ -427,24 +390,6 @@ def to_markdown(results: dict, level: int = 1, title: str = "MetaLoco benchmark"
                   f"Resident memory {mem['rss_before_mb']:.0f} MiB -> {mem['rss_after_mb']:.0f} MiB "
                   f"({mem['growth_mb']:+.1f} MiB), counted after a warm-up that fills the terrain cache; "
                   f"{mem['seconds_per_switch_and_frame'] * 1e3:.1f} ms per switch and software-rendered frame."]
-    if results.get("fisher_check"):
-        check = results["fisher_check"]
-        settings = sorted({int(name.split("/")[0].removeprefix("every")) for name in check["runs"]})
-        seeds = check["seeds"]
-        lines += [f"{head}# Fisher on every k-th step: a meta-training check (default cheetah velocity config, "
-                      f"{check['iterations']} iterations from scratch, seeds {', '.join(map(str, seeds))})", "",
-                  "Post-adaptation return averaged over the last 10 iterations; the first iteration's data are the "
-                  "same for every setting of a seed.", "",
-                  "| Fisher on | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean | "
-                  f"paired difference to every {settings[0]}: mean, 95% t-interval across seeds (per seed) |",
-                  "|---|" + "---:|" * (len(seeds) + 2)]
-        for every in settings:
-            values = [check["runs"][f"every{every}/seed{seed}"]["post_adapt_return_last10"] for seed in seeds]
-            diffs = check["paired_difference_per_seed"].get(f"every{every}_minus_every{settings[0]}")
-            paired = "" if diffs is None else _paired(diffs)
-            label = "every step" if every == 1 else f"every {every}th step"
-            lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values)
-                         + f" | {statistics.mean(values):.1f} | {paired} |")
     if "peak_memory_mb" in results:
         lines += ["", f"Peak resident memory of the env benchmarks: {results['peak_memory_mb']:.0f} MiB."]
     lines.append("")
@@ -457,12 +402,7 @@ def main() -> None:
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under 2 minutes)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=[p for p in PARTS if p != "fisher"],
-                        help="what to measure (default: all but the fisher learning check)")
-    parser.add_argument("--fisher-iterations", type=int, default=30, help="meta-iterations per run of the fisher check")
-    parser.add_argument("--fisher-seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the fisher check")
-    parser.add_argument("--fisher-settings", type=int, nargs="+", default=[1, 5, 10],
-                        help="fisher_every values of the fisher check (the first is the one compared against)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
     args = parser.parse_args()
     check_writable(args.out, "out")  # before any work
     n_steps, repeats = (1000, 3) if args.quick else (5000, 5)
@@ -511,10 +451,6 @@ def main() -> None:
         results["memory"], _ = isolated(bench_task_switch_memory, 200 if args.quick else 1000)
         print(f"memory: {results['memory']['growth_mb']:+.1f} MiB over {results['memory']['switches']} task "
               "switches with a renderer", flush=True)
-
-    if "fisher" in args.parts:
-        results["fisher_check"] = check_fisher_every(args.fisher_iterations, args.fisher_seeds,
-                                                     tuple(args.fisher_settings))
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "benchmark.json", json.dumps(results, indent=2))

@@ -5,9 +5,8 @@ rendered from `assets/results/NAME.json` by the same function that wrote the scr
 so the README can show nothing the JSON does not hold. `--check` changes nothing and exits 1 if
 the README is out of date (the test suite runs it).
 
-    python scripts/benchmark.py --out assets/results   # then:
-    python scripts/benchmark.py --parts fisher --out runs/fisher && cp runs/fisher/benchmark.json \
-        assets/results/fisher_check.json
+    python scripts/benchmark.py --out assets/results   # and/or
+    python scripts/check_fisher_every.py --out assets/results   # then
     python scripts/update_readme.py
 """
 
@@ -22,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import to_markdown as benchmark_markdown
+from check_fisher_every import to_markdown as fisher_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "assets" / "results"
 #: section name -> (JSON file in assets/results, renderer of its Markdown)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark": ("benchmark.json", lambda results: benchmark_markdown(results, level=3)),
-    "fisher_check": ("fisher_check.json",
-                     lambda results: benchmark_markdown(results, level=3, title="Fisher subsampling and learning")),
+    "fisher_check": ("fisher_check.json", lambda results: fisher_markdown(results, level=3)),
 }
 
 

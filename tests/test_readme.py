@@ -35,3 +35,12 @@ def test_a_changed_figure_shows_up(tmp_path: Path) -> None:
 def test_missing_markers_are_named() -> None:
     with pytest.raises(ValueError, match="generated section"):
         _update_readme().render("no markers here")
+
+
+def test_the_fisher_check_states_whether_a_difference_is_distinguishable_from_zero() -> None:
+    spec = importlib.util.spec_from_file_location("check_fisher_every", ROOT / "scripts" / "check_fisher_every.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "not distinguishable from zero" in module._paired([-1.0, 1.5, -2.0])
+    assert ", distinguishable from zero" in module._paired([-5.1, -5.5, -6.6])
+    assert "no interval from one seed" in module._paired([-4.4])
