@@ -4,9 +4,10 @@ A call's envs are split into two shards, each an `envs.batched.BatchedEnv` with 
 policy forward (each task's rows under its own, possibly adapted, parameters, in numpy:
 `GaussianMLPPolicy.numpy_mean`), and the two run on two threads without waiting for each other
 between steps: MuJoCo and numpy release the GIL while they compute, so one shard's physics runs
-while the other's Python (readout, policy call) does. The split depends only on the tasks and episodes, never on the
-machine (more cores go to each shard's physics), and every env's reset seed and action noise are
-drawn for the whole call first: the same seed gives the same episodes whatever the core count.
+while the other's Python (readout, policy call) does. The split depends only on the tasks and
+episodes, never on the machine (more cores go to each shard's physics), and every env's reset seed
+and action noise are drawn for the whole call first: the same seed gives the same episodes
+whatever the core count.
 """
 
 from __future__ import annotations

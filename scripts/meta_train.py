@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from agents.meta.meta_train import MetaTrainConfig, meta_train
-from agents.runs.cli import DEBUG_HELP, check_writable, run_script
+from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
 from agents.runs.config import config_from_dict, config_to_dict
 from agents.runs.rundir import load_yaml, prepare_run_dir
 
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main, 'resume with the same command and --resume')
+    run_script(main, RESUME_HINT)

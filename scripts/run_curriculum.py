@@ -13,7 +13,7 @@ from pathlib import Path
 from agents.continual.curriculum import CurriculumConfig
 from agents.continual.loop import Curriculum, check_curriculum
 from agents.continual.report import write_report
-from agents.runs.cli import DEBUG_HELP, check_writable, run_script
+from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
 from agents.runs.config import config_from_dict, config_to_dict, resolve_config_paths
 from agents.runs.rundir import load_yaml, prepare_run_dir
 from agents.runs.video import render_policy
@@ -55,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main, 'resume with the same command and --resume')
+    run_script(main, RESUME_HINT)

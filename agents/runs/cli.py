@@ -17,6 +17,7 @@ import yaml
 USER_ERRORS = (ValueError, OSError, yaml.YAMLError)
 DEBUG_FLAG = "--debug"
 DEBUG_HELP = "show the traceback of an error instead of its one-line message"
+RESUME_HINT = "resume with the same command and --resume"  # what a training script says on Ctrl-C
 
 
 def run_script(main: Callable[[], object], interrupted_hint: str = "") -> NoReturn:

@@ -1,4 +1,4 @@
-"""What produced a result: library versions and the code's git commit, for reports and checkpoints."""
+"""What produced a result: library versions and the code's git commit, for run reports."""
 
 from __future__ import annotations
 
