@@ -7,6 +7,7 @@ written into `model.hfield_data` later is invisible until it is uploaded again
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -86,11 +87,17 @@ def annotate(frame: np.ndarray, text: str) -> np.ndarray:
     frame's height (at least 12 px), so it stays readable at the video's size."""
     image = Image.fromarray(frame)
     size = max(12, image.height // 16)
-    font = ImageFont.load_default(size=size)
+    font = _label_font(size)
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 0, image.width, size + 8), fill=(0, 0, 0))
     draw.text((6, 3), text, fill=(255, 255, 255), font=font)
     return np.asarray(image)
+
+
+@functools.lru_cache(maxsize=8)
+def _label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The label font at `size` px, loaded once per size (annotate runs on every frame)."""
+    return ImageFont.load_default(size=size)
 
 
 def grid_shape(panels: int, max_columns: int = 4) -> tuple[int, int]:

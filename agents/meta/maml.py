@@ -447,23 +447,6 @@ class MAMLTRPO:
         if self.config.outer_optimizer == "adam":
             self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.config.outer_lr)
 
-    def adapt(self, episodes: EpisodeSource, num_steps: int | None = None) -> Params:
-        """Detached adapted parameters for `episodes` (e.g. to sample a task's valid episodes)."""
-        cfg = self.config
-        steps = cfg.num_inner_steps if num_steps is None else num_steps
-        adapted = adapt_k_steps(
-            self.policy,
-            self.policy.parameters_dict(),
-            episodes,
-            cfg.inner_lr,
-            steps,
-            first_order=True,
-            gamma=cfg.gamma,
-            gae_lambda=cfg.gae_lambda,
-            normalize_advantages=cfg.normalize_advantages,
-        )
-        return {name: p.detach() for name, p in adapted.items()}
-
     def adapt_tasks(self, episodes: Sequence[Sequence[Episodes]]) -> list[Params]:
         """Detached adapted parameters of every task at once (first order, as `adapt`), one dict per task.
 
