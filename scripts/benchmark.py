@@ -396,6 +396,20 @@ def to_markdown(results: dict, level: int = 1) -> str:
     return "\n".join(lines)
 
 
+def machine() -> str:
+    """The processor and the versions that speed figures depend on."""
+    return (f"{platform.processor() or platform.machine()}, {platform.python_version()}, mujoco {mujoco.__version__}, "
+            f"gymnasium {gym.__version__}")
+
+
+def write_results(out: Path, stem: str, results: dict, markdown: str) -> None:
+    """`out/<stem>.json` and `out/<stem>.md`, atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.json", json.dumps(results, indent=2))
+    atomic_write_text(out / f"{stem}.md", markdown)
+    print(f"wrote {out / f'{stem}.md'}")
+
+
 def main() -> None:
     """Run every measurement and write JSON and Markdown."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -407,9 +421,7 @@ def main() -> None:
     check_writable(args.out, "out")  # before any work
     n_steps, repeats = (1000, 3) if args.quick else (5000, 5)
 
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}, "
-                                f"mujoco {mujoco.__version__}, gymnasium {gym.__version__}",
-                     "n_steps": n_steps, "repeats": repeats, "parts": args.parts}
+    results: dict = {"machine": machine(), "n_steps": n_steps, "repeats": repeats, "parts": args.parts}
     if "env" in args.parts:
         results["env_steps"], results["task_switch"] = {}, {}
         # Short, many repeats: this shared machine's speed changes within seconds, and a ratio is
@@ -452,10 +464,7 @@ def main() -> None:
         print(f"memory: {results['memory']['growth_mb']:+.1f} MiB over {results['memory']['switches']} task "
               "switches with a renderer", flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "benchmark.json", json.dumps(results, indent=2))
-    atomic_write_text(args.out / "benchmark.md", to_markdown(results))
-    print(f"wrote {args.out / 'benchmark.md'}")
+    write_results(args.out, "benchmark", results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -13,17 +13,14 @@ Writes OUT/fisher_check.json and OUT/fisher_check.md; the README's table is gene
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import meta_setup
+from benchmark import machine, meta_setup, write_results
 
-from agents.runs.atomic import atomic_write_text
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.stats import mean_confidence_interval
 
@@ -105,12 +102,9 @@ def main() -> None:
         raise ValueError(f"seeds: give at least two distinct seeds (intervals are across seeds), got {args.seeds}")
     if min(args.settings) < 1:
         raise ValueError(f"settings must be fisher_every values >= 1, got {args.settings}")
-    results = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+    results = {"machine": machine(),
                "fisher_check": check_fisher_every(args.iterations, args.seeds, tuple(args.settings))}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "fisher_check.json", json.dumps(results, indent=2))
-    atomic_write_text(args.out / "fisher_check.md", to_markdown(results))
-    print(f"wrote {args.out / 'fisher_check.md'}")
+    write_results(args.out, "fisher_check", results, to_markdown(results))
 
 
 if __name__ == "__main__":
