@@ -29,6 +29,7 @@ RESULTS = ROOT / "assets" / "results"
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark": ("benchmark.json", lambda results: benchmark_markdown(results, level=3)),
     "fisher_check": ("fisher_check.json", lambda results: fisher_markdown(results, level=3)),
+    "fisher_check_fresh_seeds": ("fisher_check_fresh_seeds.json", lambda results: fisher_markdown(results, level=3)),
 }
 
 

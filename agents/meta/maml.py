@@ -370,7 +370,7 @@ class MAMLConfig:
     gamma: float = 0.99  # discount factor
     gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
     normalize_advantages: bool = True  # standardise advantages over real steps
-    fisher_every: int = 5  # Fisher-vector products on every k-th step (1: all); the line search sees all
+    fisher_every: int = 1  # Fisher-vector products on every k-th step (1: all); the line search sees all
     reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
 
     def __post_init__(self) -> None:
