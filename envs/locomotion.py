@@ -29,6 +29,7 @@ _BAD_COUNTERS = slice(_BAD_FIRST, _BAD_FIRST + 4)
 assert {int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
                          mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADCTRL)} == set(
     range(_BAD_COUNTERS.start, _BAD_COUNTERS.stop))
+_FULL_PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS  # what get_state/set_state carry
 _HFIELD_BASE = 1.0  # thickness of the heightfield's solid base below its lowest point, metres
 
 
@@ -275,6 +276,28 @@ class LocomotionEnv(gym.Env):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+    # --- pause and resume --------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """The episode in progress as plain values: the task, MuJoCo's full physical state (with the
+        solver's warm start off, the whole of what the next step depends on) and the reset-noise
+        generator. `set_state` on a fresh env continues it bit for bit."""
+        physics = np.empty(mujoco.mj_stateSize(self.model, _FULL_PHYSICS))
+        mujoco.mj_getState(self.model, self.data, physics, _FULL_PHYSICS)
+        return {"task": self.task.to_dict(), "physics": physics, "np_random": self.np_random.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue the episode that `get_state` captured (on this env's robot)."""
+        physics = np.asarray(state["physics"], dtype=np.float64)
+        expected = mujoco.mj_stateSize(self.model, _FULL_PHYSICS)
+        if physics.shape != (expected,):
+            raise ValueError(f"state['physics']: expected {expected} numbers for the {self.spec_robot.name}, "
+                             f"got shape {physics.shape}")
+        self.set_task(state["task"])
+        mujoco.mj_setState(self.model, self.data, physics, _FULL_PHYSICS)
+        mujoco.mj_forward(self.model, self.data)  # derived quantities (contacts, positions) for readers
+        self.np_random.bit_generator.state = state["np_random"]
 
     # --- internals ---------------------------------------------------------------------------
 

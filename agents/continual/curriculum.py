@@ -109,6 +109,9 @@ class CurriculumConfig:
     adaptive_criterion: Literal["progress", "weakest"] = "progress"
     max_retries: int = 1  # ladder: extra tries of a missed rung
     steps_per_stage: int = 20000  # PPO env steps per stage
+    # Env steps between checkpoints inside a stage: a kill loses at most this many (or one PPO
+    # rollout, n_steps * n_envs, if that is longer); where they fall does not change the results.
+    checkpoint_every: int = 25000
     adapt_steps: int = 1  # fast adaptation steps at the start of each stage
     adapt_episodes: int = 10  # episodes per adaptation step
     inner_lr: float = 0.1  # adaptation step size
@@ -133,6 +136,7 @@ class CurriculumConfig:
         for i, stage in enumerate(self.evaluation.held_out):
             stage.task(f"evaluation.held_out[{i}]")
         positive = {"horizon": self.horizon, "steps_per_stage": self.steps_per_stage,
+                    "checkpoint_every": self.checkpoint_every,
                     "adapt_episodes": self.adapt_episodes, "evaluation.episodes": self.evaluation.episodes,
                     "evaluation.eval_every": self.evaluation.eval_every, "video_steps": self.video_steps,
                     "ppo.n_steps": self.ppo.n_steps, "ppo.n_envs": self.ppo.n_envs,

@@ -3,8 +3,11 @@
 Each stage starts with a few fast adaptation steps from the current policy (vanilla policy
 gradient, as MAML's inner loop), trains with `EWCPPO` for the stage's budget, folds the stage's
 Fisher into the regulariser, then evaluates every stage's task so far (the performance matrix)
-and the held-out terrains. After every stage the whole state goes into one checkpoint, so a
-killed run resumes from its last finished stage.
+and the held-out terrains. After every stage the whole state goes into one checkpoint, and
+inside a stage every `checkpoint_every` env steps (between two PPO rollouts) a checkpoint also
+holds the paused training (`agents.continual.snapshot`), so a killed run loses at most that many
+steps and its resumption equals the uninterrupted run. TensorBoard event files continue across a
+resumption (`agents.runs.tensorboard`).
 """
 
 from __future__ import annotations
@@ -21,17 +24,18 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
 from agents.continual.ewc import make_regularizer
 from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
+from agents.continual.snapshot import capture_training, event_file_logger, restore_training
 from agents.meta.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
-from agents.runs.checkpoint import load_checkpoint
+from agents.runs.checkpoint import load_checkpoint, restore_rng_state
 from agents.runs.config import config_to_dict
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
+from agents.runs.tensorboard import EventFile
 from agents.sampler import Sampler
 from envs import ENV_IDS
 from envs.tasks import Task
@@ -58,26 +62,58 @@ class CurriculumState:
         return dict(self.__dict__)
 
 
-class _CurveRecorder(BaseCallback):
-    """Records (timesteps, mean training-episode return) after each PPO rollout."""
+@dataclass
+class StageProgress:
+    """A stage between its adaptation and its evaluation: what a mid-stage checkpoint holds of it."""
 
-    def __init__(self, curve: list[list[float]], offset: int, bar: tqdm | None) -> None:
+    stage: int
+    pool_index: int
+    adaptation: dict[str, float]  # `Curriculum._adapt`'s returns
+    start: int  # the model's num_timesteps when the stage's training began
+    saved_at: int  # num_timesteps of the newest checkpoint (the stage's start until one is taken)
+    curve: list[list[float]] = field(default_factory=list)  # [env step in the stage, mean return]
+    seconds: float = 0.0  # wall time spent on the stage before this process took it over
+    _clock: float = field(default_factory=time.perf_counter, repr=False)
+
+    def elapsed(self) -> float:
+        """Wall time of the stage so far, over every process that worked on it."""
+        return self.seconds + time.perf_counter() - self._clock
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values; `StageProgress(**d)` continues the clock from `seconds`."""
+        state = {k: v for k, v in self.__dict__.items() if k != "_clock"}
+        state["seconds"] = self.elapsed()
+        return state
+
+
+class _StageCallback(BaseCallback):
+    """Records (timesteps, mean training-episode return) after each PPO rollout, and checkpoints
+    before a rollout that would take the stage more than `every` env steps past its newest
+    checkpoint (so a kill loses at most `every` steps, or one rollout if that is longer)."""
+
+    def __init__(self, curriculum: Curriculum, progress: StageProgress, every: int, bar: tqdm | None) -> None:
         super().__init__()
-        self.curve, self.offset, self.bar = curve, offset, bar
-        self._last = 0
+        self.curriculum, self.progress, self.every, self.bar = curriculum, progress, every, bar
+        self._shown = 0 if bar is None else bar.n
 
     def _on_step(self) -> bool:
         return True
 
+    def _on_rollout_start(self) -> None:
+        now = self.model.num_timesteps
+        rollout = self.model.n_steps * self.model.n_envs
+        if now > self.progress.saved_at and now - self.progress.saved_at + rollout > self.every:
+            self.curriculum.save_paused(self.progress, call_end=self.model._total_timesteps)
+
     def _on_rollout_end(self) -> None:
-        done = self.model.num_timesteps - self.offset
+        done = self.model.num_timesteps - self.progress.start
         if self.model.ep_info_buffer:
             mean_return = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
-            self.curve.append([done, mean_return])
+            self.progress.curve.append([done, mean_return])
         if self.bar is not None:  # PPO collects whole rollouts: the last one may end past the budget
             shown = min(done, self.bar.total)
-            self.bar.update(shown - self._last)
-            self._last = shown
+            self.bar.update(shown - self._shown)
+            self._shown = shown
 
 
 def check_curriculum(config: CurriculumConfig) -> None:
@@ -130,6 +166,8 @@ class Curriculum:
         self.heads: dict[int, Params] = {}  # pool index -> its output layer (config.task_heads)
         self.state = CurriculumState()
         self.log = MetricsLog(run.metrics, "stages")
+        self._tb_sizes: dict[str, int] = {}  # event-file sizes of the checkpoint resumed from
+        self._events: dict[str, EventFile] = {}  # open event files: "curriculum", "stage_<k>"
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -156,7 +194,6 @@ class Curriculum:
                                                                         normalize=reg.normalize)
         model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
                        policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
-                       tensorboard_log=str(self.run.tb),
                        **{k: v for k, v in config_to_dict(cfg.ppo).items() if k != "n_envs"})
         policy_to_sb3(self.policy, model.policy)
         return model
@@ -166,31 +203,51 @@ class Curriculum:
     def run_all(self) -> CurriculumState:
         """Run (or resume) every stage; returns the final state."""
         cfg = self.config
-        if not self._resume():
+        resumed, paused = self._resume()
+        if not resumed:
             self.state.random_returns, self.state.random_held_out = self._random_references()
             self.state.pool_returns = [[] for _ in self.pool_tasks]
-        while (pool_index := self.schedule.next_stage(self.state.history, self.state.pool_returns)) is not None:
-            record = self.run_stage(len(self.state.history), pool_index)
-            label = cfg.stages[pool_index].label
-            print(f"stage {record['stage']} {label:16s} adapt {record['return_before_adapt']:8.1f} -> "
-                  f"{record['return_after_adapt']:8.1f}  trained {record['return_after_training']:8.1f}  "
-                  f"distance {record['distance']:5.2f} m  mean over seen {record['mean_seen']:8.1f}", flush=True)
+        self._events["curriculum"] = EventFile(self.run.tb / "curriculum", self._tb_sizes.get("curriculum"))
+        try:
+            while (pool_index := self.schedule.next_stage(self.state.history, self.state.pool_returns)) is not None:
+                if paused is not None and (paused_pool := paused["progress"]["pool_index"]) != pool_index:
+                    raise ValueError(f"checkpoint: the paused stage trains pool task {paused_pool}, "
+                                     f"but the schedule continues with {pool_index}")
+                record = self.run_stage(len(self.state.history), pool_index, paused)
+                paused = None
+                label = cfg.stages[pool_index].label
+                print(f"stage {record['stage']} {label:16s} adapt {record['return_before_adapt']:8.1f} -> "
+                      f"{record['return_after_adapt']:8.1f}  trained {record['return_after_training']:8.1f}  "
+                      f"distance {record['distance']:5.2f} m  mean over seen {record['mean_seen']:8.1f}",
+                      flush=True)
+        finally:
+            for events in self._events.values():
+                events.close()
+            self._events.clear()
         self.sampler.close()
         return self.state
 
-    def run_stage(self, stage: int, pool_index: int) -> dict:
-        """Adapt, train, consolidate and evaluate one stage; checkpoint; return its record."""
+    def run_stage(self, stage: int, pool_index: int, paused: dict | None = None) -> dict:
+        """Adapt, train, consolidate and evaluate one stage; checkpoint; return its record.
+
+        `paused`: the stage as a mid-stage checkpoint left it (`_resume`); its adaptation is done
+        and its training continues where it stopped.
+        """
         cfg = self.config
-        started = time.perf_counter()
         task = self.pool_tasks[pool_index]
-        if cfg.task_heads and pool_index in self.heads:
-            self.policy.load_head(self.heads[pool_index])  # a retrained task resumes its own head
-        adaptation = self._adapt(task, stage)
-        policy_to_sb3(self.policy, self.model.policy)
-        if stage > 0 and cfg.reset_critic:
-            self._fresh_critic(stage)
-        curve: list[list[float]] = []
-        self._train(task, stage, curve)
+        if paused is None:
+            if cfg.task_heads and pool_index in self.heads:
+                self.policy.load_head(self.heads[pool_index])  # a retrained task resumes its own head
+            adaptation = self._adapt(task, stage)
+            policy_to_sb3(self.policy, self.model.policy)
+            if stage > 0 and cfg.reset_critic:
+                self._fresh_critic(stage)
+            start = int(self.model.num_timesteps)
+            progress = StageProgress(stage, pool_index, adaptation, start=start, saved_at=start)
+        else:
+            progress = StageProgress(**paused["progress"])
+        self._train(task, progress, paused)
+        curve = progress.curve
         self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
         if cfg.task_heads:
             self.heads[pool_index] = self.policy.head()
@@ -210,7 +267,7 @@ class Curriculum:
             "pool_index": pool_index,
             "label": cfg.stages[pool_index].label,
             "task": task.to_dict(),
-            **adaptation,
+            **progress.adaptation,
             "return_after_training": row[stage],
             "distance": distance,
             "success": bool(success),
@@ -220,10 +277,10 @@ class Curriculum:
         }
         self.state.history.append(record)
         self.state.retries = self.schedule.retries
-        self.state.seconds += time.perf_counter() - started
+        self.state.seconds += progress.elapsed()
         self.log.append(record)
         self._log_tensorboard(record, row)
-        self._save(stage)
+        self._save()
         return record
 
     def _log_tensorboard(self, record: dict, row: list[float]) -> None:
@@ -231,21 +288,22 @@ class Curriculum:
         row, each earlier stage's forgetting so far (its return after its own stage minus its return
         now, as `agents.continual.metrics.forgetting`; positive = lost), the held-out returns."""
         stage = record["stage"]
-        with SummaryWriter(str(self.run.tb / "curriculum")) as writer:
-            for key in ("return_before_adapt", "return_after_adapt", "return_after_training", "distance",
-                        "mean_seen"):
-                writer.add_scalar(f"curriculum/{key}", record[key], stage)
-            matrix = self.state.matrix
-            columns = self._matrix_columns([r["pool_index"] for r in self.state.history])
-            labels = [self.config.stages[pool].label for pool in columns]
-            for column, (label, value) in enumerate(zip(labels, row, strict=False)):
-                if math.isfinite(value):
-                    writer.add_scalar(f"matrix/{column}_{label}", value, stage)
-                    if column < stage:
-                        writer.add_scalar(f"forgetting/{column}_{label}", matrix[column][column] - value, stage)
-            for label, value in zip((s.label for s in self.config.evaluation.held_out), record["held_out"],
-                                    strict=True):
-                writer.add_scalar(f"held_out/{label}", value, stage)
+        writer = self._events["curriculum"]
+        for key in ("return_before_adapt", "return_after_adapt", "return_after_training", "distance",
+                    "mean_seen"):
+            writer.add_scalar(f"curriculum/{key}", record[key], stage)
+        matrix = self.state.matrix
+        columns = self._matrix_columns([r["pool_index"] for r in self.state.history])
+        labels = [self.config.stages[pool].label for pool in columns]
+        for column, (label, value) in enumerate(zip(labels, row, strict=False)):
+            if math.isfinite(value):
+                writer.add_scalar(f"matrix/{column}_{label}", value, stage)
+                if column < stage:
+                    writer.add_scalar(f"forgetting/{column}_{label}", matrix[column][column] - value, stage)
+        for label, value in zip((s.label for s in self.config.evaluation.held_out), record["held_out"],
+                                strict=True):
+            writer.add_scalar(f"held_out/{label}", value, stage)
+        writer.flush()
 
     def _matrix_columns(self, seen: list[int]) -> list[int]:
         """Pool indices of R's columns: the stages so far (`seen`), then, for a fixed schedule, the
@@ -290,28 +348,46 @@ class Curriculum:
         policy.optimizer = policy.optimizer_class(policy.parameters(), lr=self.config.ppo.learning_rate,
                                                   **policy.optimizer_kwargs)
 
-    def _train(self, task: Task, stage: int, curve: list[list[float]]) -> None:
-        """EWC-regularised PPO on the stage's task (a ladder stops it early once its rung test holds)."""
+    def _train(self, task: Task, progress: StageProgress, paused: dict | None) -> None:
+        """EWC-regularised PPO on the stage's task (a ladder stops it early once its rung test holds);
+        with `paused`, continues the training a mid-stage checkpoint holds."""
         cfg = self.config
+        stage = progress.stage
+        name = f"stage_{stage}"
+        events = EventFile(self.run.tb / name, self._tb_sizes.get(name) if paused is not None else None)
+        self._events[name] = events
         self.model.set_env(self._make_env(task, seed=1000 * (stage + 1)))
-        self.model.set_random_seed(cfg.seed + stage)
-        start = self.model.num_timesteps
-        if self.model.ep_info_buffer is not None:  # (None before the first learn())
-            self.model.ep_info_buffer.clear()  # the curve is this stage's episodes only
+        self.model.set_logger(event_file_logger(events))
+        call_end = None  # where the learn() call a mid-stage checkpoint interrupted was to end
+        if paused is None:
+            self.model.set_random_seed(cfg.seed + stage)
+            if self.model.ep_info_buffer is not None:  # (None before the first learn())
+                self.model.ep_info_buffer.clear()  # the curve is this stage's episodes only
+        else:
+            restore_training(self.model, paused["training"])
+            restore_rng_state(paused["rng"])  # last: nothing may draw from the RNGs before learn()
+            call_end = paused["call_end"]
         chunk = cfg.evaluation.eval_every if cfg.schedule == "ladder" else cfg.steps_per_stage
-        bar = tqdm(total=cfg.steps_per_stage, desc=f"stage {stage} {task.describe()}", unit="step",
-                   disable=not self.progress, leave=False)
-        recorder = _CurveRecorder(curve, start, bar)
-        while self.model.num_timesteps - start < cfg.steps_per_stage:
-            remaining = cfg.steps_per_stage - (self.model.num_timesteps - start)
-            self.model.learn(min(chunk, remaining), callback=recorder, reset_num_timesteps=False,
-                             tb_log_name=f"stage_{stage}", progress_bar=False)
+        done = self.model.num_timesteps - progress.start
+        bar = tqdm(total=cfg.steps_per_stage, initial=min(done, cfg.steps_per_stage), unit="step",
+                   desc=f"stage {stage} {task.describe()}", disable=not self.progress, leave=False)
+        callback = _StageCallback(self, progress, cfg.checkpoint_every, bar)
+        while True:
+            done = self.model.num_timesteps - progress.start
+            if call_end is not None:
+                steps, call_end = call_end - self.model.num_timesteps, None
+            elif done < cfg.steps_per_stage:
+                steps = min(chunk, cfg.steps_per_stage - done)
+            else:
+                break
+            self.model.learn(steps, callback=callback, reset_num_timesteps=False, progress_bar=False)
             if cfg.schedule == "ladder":
                 probe = sb3_to_policy(self.model.policy, self.policy.min_log_std)
                 _, distance = self._evaluate([task], probe)
                 if distance[0] >= cfg.evaluation.success_distance:
                     break
         bar.close()
+        self._events.pop(name).close()
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -359,22 +435,41 @@ class Curriculum:
 
     # --- checkpoints ------------------------------------------------------------------------
 
-    def _save(self, stage: int) -> None:
+    def _save(self, policy: GaussianMLPPolicy | None = None, paused: dict | None = None) -> None:
+        """Checkpoint step-<env steps so far>.pt: after a stage (`policy` = the stage's result), or
+        inside one (`paused`: `save_paused`'s record, `policy` = the one in training)."""
         extra = {
             "sb3_policy": dict(self.model.policy.state_dict()),
             "sb3_optimizer": self.model.policy.optimizer.state_dict(),
             "num_timesteps": int(self.model.num_timesteps),
             "state_json": json.dumps(self.state.to_dict()),
             "heads": {str(pool): head for pool, head in self.heads.items()},
+            "tb_sizes": {name: events.size() for name, events in self._events.items()},
         }
-        save_step_checkpoint(self.run, stage + 1, keep=2, policy=self.policy, robot=self.config.robot, stage=stage + 1,
+        if paused is not None:
+            extra["paused_stage"] = paused
+            label = f"{self.config.stages[paused['progress']['pool_index']].label} (in training)"
+        else:
+            label = self.state.history[-1]["label"]
+        save_step_checkpoint(self.run, int(self.model.num_timesteps), keep=2, policy=policy or self.policy,
+                             robot=self.config.robot, stage=len(self.state.history),
                              regularizer=self.model.regularizer, extra_state=extra,
-                             metadata={"kind": "curriculum", "label": self.state.history[-1]["label"]})
+                             metadata={"kind": "curriculum", "label": label})
 
-    def _resume(self) -> bool:
+    def save_paused(self, progress: StageProgress, call_end: int) -> None:
+        """Checkpoint the stage in training, between two rollouts (`_StageCallback`); `call_end`: the
+        num_timesteps at which the running learn() call ends."""
+        progress.saved_at = int(self.model.num_timesteps)
+        training = capture_training(self.model)
+        self._save(policy=sb3_to_policy(self.model.policy, self.policy.min_log_std),
+                   paused={"progress": progress.to_dict(), "call_end": int(call_end), "training": training})
+
+    def _resume(self) -> tuple[bool, dict | None]:
+        """Load the newest checkpoint of a resumed run. Returns (whether one was loaded, the paused
+        stage it holds, with the RNG state to continue it, or None after a finished stage)."""
         path = latest_checkpoint(self.run) if self.run.resumed else None
         if path is None:
-            return False
+            return False, None
         checkpoint = load_checkpoint(path, expected_robot=self.config.robot)
         self.policy = checkpoint.policy
         self.model.policy.load_state_dict(checkpoint.extra_state["sb3_policy"])
@@ -386,5 +481,12 @@ class Curriculum:
         self.heads = {int(pool): head for pool, head in checkpoint.extra_state.get("heads", {}).items()}
         self.schedule.retries = self.state.retries
         self.log = MetricsLog(self.run.metrics, "stages", resume_step=len(self.state.history))
-        print(f"resumed after stage {len(self.state.history) - 1} from {path}")
-        return True
+        self._tb_sizes = dict(checkpoint.extra_state.get("tb_sizes", {}))
+        paused = checkpoint.extra_state.get("paused_stage")
+        if paused is None:
+            print(f"resumed after stage {len(self.state.history) - 1} from {path}")
+            return True, None
+        progress = paused["progress"]
+        print(f"resumed stage {progress['stage']} at env step {paused['training']['num_timesteps'] - progress['start']}"
+              f" of {self.config.steps_per_stage} from {path}")
+        return True, {**paused, "rng": checkpoint.rng_state}

@@ -433,15 +433,19 @@ def sb3_to_policy(sb3_policy: ActorCriticPolicy, min_log_std: float = -5.0) -> G
         sb3_policy: an `ActorCriticPolicy` with a tanh MLP actor, flat Box spaces and no gSDE.
         min_log_std: our policy's log-std clamp; lowered to the SB3 log-std's minimum if that is
             smaller, so the action distributions stay identical.
+
+    Draws no random numbers (a checkpoint taken mid-training converts the policy without moving
+    the run's RNG).
     """
     layers = _sb3_actor_layers(sb3_policy)
     log_std = sb3_policy.log_std.detach()
-    policy = GaussianMLPPolicy(
-        obs_dim=layers[0].in_features,
-        act_dim=layers[-1].out_features,
-        hidden_sizes=[layer.out_features for layer in layers[:-1]],
-        min_log_std=min(float(min_log_std), float(log_std.min())),
-    ).to(log_std.device)
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG stream alone
+        policy = GaussianMLPPolicy(
+            obs_dim=layers[0].in_features,
+            act_dim=layers[-1].out_features,
+            hidden_sizes=[layer.out_features for layer in layers[:-1]],
+            min_log_std=min(float(min_log_std), float(log_std.min())),
+        ).to(log_std.device)
     with torch.no_grad():
         for ours, theirs in zip(_our_layers(policy), layers, strict=True):
             ours.weight.copy_(theirs.weight)

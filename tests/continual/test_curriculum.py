@@ -81,15 +81,15 @@ def test_tiny_curriculum_writes_every_artefact(tmp_path: Path) -> None:
 
 
 @pytest.mark.expensive
-def test_a_run_killed_mid_stage_resumes_with_the_same_stage_list(tmp_path: Path, monkeypatch) -> None:
+def test_a_run_killed_between_stages_resumes_with_the_same_stage_list(tmp_path: Path, monkeypatch) -> None:
     config = config_from_dict(CurriculumConfig, {**TINY, "video": False})
     dump = {**TINY, "video": False}
     original = Curriculum.run_stage
 
-    def killed_in_stage_one(self, stage, pool_index):
+    def killed_in_stage_one(self, stage, pool_index, paused=None):
         if stage == 1:
-            raise KeyboardInterrupt("killed mid-stage")
-        return original(self, stage, pool_index)
+            raise KeyboardInterrupt("killed as stage 1 starts")
+        return original(self, stage, pool_index, paused)
 
     monkeypatch.setattr(Curriculum, "run_stage", killed_in_stage_one)
     run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=dump)
@@ -109,6 +109,7 @@ def test_a_run_killed_mid_stage_resumes_with_the_same_stage_list(tmp_path: Path,
     [
         ({"stages": [{"terrain": "lava"}]}, "terrain.kind"),
         ({"steps_per_stage": -5}, "steps_per_stage"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
         ({"init": "missing/maml.pt"}, "init"),
         ({"robot": "octopus"}, "robot"),
         ({"regularizer": {"kind": "ewc2"}}, "regularizer.kind"),
