@@ -95,6 +95,19 @@ class Collected:
 
 
 @dataclass
+class ShardJob:
+    """One shard's share of a call: everything a worker needs to collect it (`collect_shard`)."""
+
+    tasks: list[Task]  # one per env, task-major
+    policy: GaussianMLPPolicy
+    params: ParamsArg  # None, one dict, or one dict per task of the shard (detached)
+    n_tasks: int
+    per_task: int
+    env_seeds: list[int]
+    noise: np.ndarray | None  # [horizon, envs, act_dim] standard normal, None when deterministic
+
+
+@dataclass
 class ShardResult:
     """What one shard collected, and where its time went."""
 
@@ -130,6 +143,7 @@ class Sampler:
         self.goal_in_obs = goal_in_obs
         self.num_threads = num_threads or os.cpu_count() or 1
         self._physics_threads = max(1, self.num_threads // SHARDS)
+        self.shards = SHARDS  # shards per call (`plan_shards`); fixed, so episodes never depend on the machine
         self._shard_envs: list[BatchedEnv] = []
         self._helpers = ThreadPoolExecutor(SHARDS - 1) if self.num_threads > 1 else None
         probe = self._envs([1])[0]
@@ -183,26 +197,18 @@ class Sampler:
         noise = None if deterministic else torch.randn((self.horizon, batch_size, self.act_dim),
                                                        generator=generator).numpy()
 
-        shards = plan_shards(n_tasks, per_task)
-        envs = self._envs([len(s.tasks) * len(s.episodes) for s in shards])
+        shards = plan_shards(n_tasks, per_task, self.shards)
         rows_of = [shard.rows(per_task) for shard in shards]
         jobs = []
-        for shard, rows, env in zip(shards, rows_of, envs, strict=True):
-            shard_params = [params[t] for t in shard.tasks] if isinstance(params, Sequence) else params
-            env.set_tasks([tasks[t] for t in shard.tasks for _ in shard.episodes])
-            jobs.append((env, policy, shard_params, len(shard.tasks), len(shard.episodes), env_seeds[rows].tolist(),
-                         None if noise is None else noise[:, rows]))
-        if self._helpers is None:
-            results = [self._run_shard(*job) for job in jobs]
-            side_by_side = 1
-        else:
-            helping = [self._helpers.submit(self._run_shard, *job) for job in jobs[1:]]
-            try:
-                first = self._run_shard(*jobs[0])
-            finally:
-                wait(helping)  # a shard must never keep running into the next call
-            results = [first, *(job.result() for job in helping)]
-            side_by_side = len(jobs)
+        for shard, rows in zip(shards, rows_of, strict=True):
+            if isinstance(params, Sequence):
+                shard_params = [_detached(params[t]) for t in shard.tasks]
+            else:
+                shard_params = None if params is None else _detached(params)
+            jobs.append(ShardJob([tasks[t] for t in shard.tasks for _ in shard.episodes], policy, shard_params,
+                                 len(shard.tasks), len(shard.episodes), env_seeds[rows].tolist(),
+                                 None if noise is None else noise[:, rows]))
+        results, side_by_side = self._collect(jobs)
 
         out = Collected.zeros(self.horizon, batch_size, self.obs_dim, self.act_dim)
         for rows, result in zip(rows_of, results, strict=True):
@@ -223,43 +229,19 @@ class Sampler:
             for group in (slice(t * per_task, (t + 1) * per_task) for t in range(n_tasks))
         ]
 
-    def _run_shard(self, env: BatchedEnv, policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int,
-                   per_task: int, env_seeds: list[int], noise: np.ndarray | None) -> ShardResult:
-        """Run one shard's episodes to the horizon (or until all end) on the calling thread."""
-        out = Collected.zeros(self.horizon, env.num_envs, self.obs_dim, self.act_dim)
-        done = np.zeros(env.num_envs, dtype=bool)
-        seconds_policy, seconds_simulate = 0.0, 0.0
-
-        mean_of, std = _batched_actor(policy, params, n_tasks, per_task)
-        scaled_noise = None if noise is None else noise * std
-        obs = env.reset(env_seeds)
-        root = env.readout.root
-        xy_start = env.qpos[:, :root].copy()
-        for t in range(self.horizon):
-            out.observations[t] = obs
-            started = time.perf_counter()
-            mean = mean_of(out.observations[t])
-            if scaled_noise is None:
-                out.actions[t] = mean
-            else:
-                np.add(mean, scaled_noise[t], out=out.actions[t])
-            alive = ~done
-            out.mask[t] = alive
-            stepped = time.perf_counter()
-            obs, reward, term, trunc, info = env.step(out.actions[t], active=alive)
-            seconds_policy += stepped - started
-            seconds_simulate += time.perf_counter() - stepped
-            np.copyto(out.rewards[t], reward, where=alive)  # rows of finished episodes stay 0
-            out.terminated |= term & alive
-            out.unstable |= info["physics_unstable"] & alive
-            done |= term | trunc
-            if done.all():
-                break
-        env_steps = int(np.count_nonzero(out.mask))
-        out.observations *= out.mask[..., None]
-        out.actions *= out.mask[..., None]
-        out.distance[:] = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
-        return ShardResult(out, env_steps, seconds_policy, seconds_simulate)
+    def _collect(self, jobs: list[ShardJob]) -> tuple[list[ShardResult], int]:
+        """Collect every shard (here: on this machine's threads); returns the results and how many
+        ran side by side. `agents.runs.ray_sampler.RaySampler` collects them on Ray actors."""
+        envs = self._envs([len(job.tasks) for job in jobs])
+        if self._helpers is None:
+            return [collect_shard(env, job, self.horizon) for env, job in zip(envs, jobs, strict=True)], 1
+        helping = [self._helpers.submit(collect_shard, env, job, self.horizon)
+                   for env, job in zip(envs[1:], jobs[1:], strict=True)]
+        try:
+            first = collect_shard(envs[0], jobs[0], self.horizon)
+        finally:
+            wait(helping)  # a shard must never keep running into the next call
+        return [first, *(job.result() for job in helping)], len(jobs)
 
     def close(self) -> None:
         """Release the envs and the helper threads."""
@@ -269,6 +251,50 @@ class Sampler:
         if self._helpers is not None:
             self._helpers.shutdown()
             self._helpers = None
+
+
+def collect_shard(env: BatchedEnv, job: ShardJob, horizon: int) -> ShardResult:
+    """Run one shard's episodes to the horizon (or until all end) on the calling thread."""
+    env.set_tasks(job.tasks)
+    out = Collected.zeros(horizon, env.num_envs, env.observation_space.shape[0], env.action_space.shape[0])
+    done = np.zeros(env.num_envs, dtype=bool)
+    seconds_policy, seconds_simulate = 0.0, 0.0
+
+    mean_of, std = _batched_actor(job.policy, job.params, job.n_tasks, job.per_task)
+    scaled_noise = None if job.noise is None else job.noise * std
+    obs = env.reset(job.env_seeds)
+    root = env.readout.root
+    xy_start = env.qpos[:, :root].copy()
+    for t in range(horizon):
+        out.observations[t] = obs
+        started = time.perf_counter()
+        mean = mean_of(out.observations[t])
+        if scaled_noise is None:
+            out.actions[t] = mean
+        else:
+            np.add(mean, scaled_noise[t], out=out.actions[t])
+        alive = ~done
+        out.mask[t] = alive
+        stepped = time.perf_counter()
+        obs, reward, term, trunc, info = env.step(out.actions[t], active=alive)
+        seconds_policy += stepped - started
+        seconds_simulate += time.perf_counter() - stepped
+        np.copyto(out.rewards[t], reward, where=alive)  # rows of finished episodes stay 0
+        out.terminated |= term & alive
+        out.unstable |= info["physics_unstable"] & alive
+        done |= term | trunc
+        if done.all():
+            break
+    env_steps = int(np.count_nonzero(out.mask))
+    out.observations *= out.mask[..., None]
+    out.actions *= out.mask[..., None]
+    out.distance[:] = ((env.qpos[:, :root] - xy_start) * env.heading[:, :root]).sum(axis=1)
+    return ShardResult(out, env_steps, seconds_policy, seconds_simulate)
+
+
+def _detached(params: Mapping[str, torch.Tensor]) -> Params:
+    """Parameters as plain tensors (an adapted set carries its graph; a shard needs only the values)."""
+    return {name: value.detach() for name, value in params.items()}
 
 
 def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int

@@ -7,6 +7,8 @@ return on that task (same seed). Writes runs/bench_continual/results.md and resu
 
     python scripts/benchmark_continual.py                           # the stated budget, 3 seeds
     python scripts/benchmark_continual.py --steps 4000 --seeds 0    # a quick look
+    python scripts/benchmark_continual.py --backend ray             # every run a Ray task (local Ray)
+    python scripts/benchmark_continual.py --backend ray --ray-address HEAD:6379   # on a cluster
 
 Defaults are the reported setting: sequence "backward-twice", one output head per task, EWC
 lambda 100 on a max-normalised Fisher and L2 lambda 1. The lambdas were chosen on seed 0 from
@@ -23,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from agents.continual.curriculum import CurriculumConfig
-from agents.continual.loop import Curriculum
+from agents.continual.jobs import CurriculumJob, run_curriculum_job
 from agents.continual.metrics import matrix_to_markdown, normalize, summarize
 from agents.runs.atomic import atomic_write_text
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.config import config_from_dict
-from agents.runs.rundir import prepare_run_dir
+from agents.runs.ray_backend import BACKENDS, check_backend, new_sweep_id, run_jobs
 from agents.runs.stats import mean_confidence_interval
 
 #: Sequences of conflicting skills. "backward-twice" (the default): run forward, run backward, run
@@ -69,16 +71,16 @@ def base_config(steps: int, seed: int, stages: list[dict], hidden_sizes: list[in
             "evaluation": {"episodes": 5}, "ppo": {"n_epochs": 10}}
 
 
-def run(name: str, config: dict, out: Path, reuse: bool) -> dict:
-    """Run one curriculum into out/name; its final state as a dict.
+def run_all(named_configs: dict[str, dict], args: argparse.Namespace, sweep_id: str) -> dict[str, dict]:
+    """Every run ("seed<k>/<name>" -> curriculum config) as one sweep job; name -> final state.
 
-    With `reuse`, a run of the same config is resumed (a finished one just read back); otherwise
-    any old run is moved aside and the curriculum starts afresh.
+    With `--reuse`, a run of the same config already in --out is resumed (a finished one just read
+    back); otherwise any old run is moved aside and the curriculum starts afresh.
     """
-    cfg = config_from_dict(CurriculumConfig, config)
-    run_dir = prepare_run_dir(out / name, resume=reuse, force=not reuse, config=config)
-    print(f"== {name}", flush=True)
-    return Curriculum(cfg, run_dir, progress=False).run_all().to_dict()
+    jobs = [CurriculumJob(name, config, str(args.out.resolve()), sweep_id, args.reuse)
+            for name, config in named_configs.items()]
+    states = run_jobs(run_curriculum_job, jobs, args.backend, address=args.ray_address, describe=CurriculumJob.describe)
+    return dict(zip(named_configs, states, strict=True))
 
 
 def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float) -> np.ndarray:
@@ -90,12 +92,23 @@ def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float)
     return normalize(np.interp(grid, x, y), low, high)
 
 
-def score_seed(seed: int, args: argparse.Namespace, stages: list[dict], methods: dict[str, dict]) -> dict:
-    """One seed: the from-scratch references, then every method, each scored on that seed's references."""
-    out = args.out / f"seed{seed}"
+def reference_configs(seed: int, args: argparse.Namespace, stages: list[dict]) -> dict[str, dict]:
+    """A from-scratch run per task (no regulariser, one stage): the normalisation's 1."""
     base = base_config(args.steps, seed, stages, args.hidden, args.task_heads)
-    references = [run(f"scratch_{stage['name']}", {**base, "stages": [stage], "regularizer": {"kind": "none"}},
-                      out, args.reuse) for stage in stages]
+    return {f"seed{seed}/scratch_{stage['name']}": {**base, "stages": [stage], "regularizer": {"kind": "none"}}
+            for stage in stages}
+
+
+def method_configs(seed: int, args: argparse.Namespace, stages: list[dict], methods: dict[str, dict]
+                   ) -> dict[str, dict]:
+    """Every method's curriculum for one seed (only the regulariser differs)."""
+    base = base_config(args.steps, seed, stages, args.hidden, args.task_heads)
+    return {f"seed{seed}/{name}": {**base, "regularizer": regularizer} for name, regularizer in methods.items()}
+
+
+def references_of(seed: int, stages: list[dict], states: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, list]:
+    """(random-init returns, from-scratch returns, from-scratch curves) of one seed's tasks."""
+    references = [states[f"seed{seed}/scratch_{stage['name']}"] for stage in stages]
     low = np.array([ref["random_returns"][0] for ref in references])
     high = np.array([ref["matrix"][0][0] for ref in references])
     unlearnable = [stage["name"] for stage, lo, hi in zip(stages, low, high, strict=True) if not hi > lo]
@@ -103,10 +116,17 @@ def score_seed(seed: int, args: argparse.Namespace, stages: list[dict], methods:
         raise SystemExit(f"seed {seed}: the from-scratch reference did not beat the random init on {unlearnable} "
                          f"(reference {np.round(high, 1).tolist()}, random {np.round(low, 1).tolist()}): "
                          "the normalisation is undefined there; choose skills PPO learns within --steps")
-    ref_curves = [curve_on_grid(ref["curves"][0], args.steps, low[j], high[j]) for j, ref in enumerate(references)]
+    return low, high, [ref["curves"][0] for ref in references]
+
+
+def score_seed(seed: int, args: argparse.Namespace, stages: list[dict], methods: dict[str, dict],
+               states: dict[str, dict]) -> dict:
+    """One seed: every method scored on that seed's references."""
+    low, high, reference_curves = references_of(seed, stages, states)
+    ref_curves = [curve_on_grid(curve, args.steps, low[j], high[j]) for j, curve in enumerate(reference_curves)]
     scored = {"random_returns": low.tolist(), "reference_returns": high.tolist(), "methods": {}}
-    for name, regularizer in methods.items():
-        state = run(name, {**base, "regularizer": regularizer}, out, args.reuse)
+    for name in methods:
+        state = states[f"seed{seed}/{name}"]
         matrix = normalize(np.asarray(state["matrix"], dtype=float), low, high)
         curves = [curve_on_grid(curve, args.steps, low[j], high[j]) for j, curve in enumerate(state["curves"])]
         scores = summarize(matrix, curves=curves, reference_curves=ref_curves)
@@ -137,8 +157,12 @@ def main() -> None:
     parser.add_argument("--task-heads", action=argparse.BooleanOptionalAction, default=True,
                         help="one output layer per task (Continual World's multi-head setup) for every method")
     parser.add_argument("--reuse", action="store_true", help="reuse (resume) runs of the same config in --out")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="run the curricula here one after another, or each as a Ray task")
+    parser.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT); default: a local Ray")
     args = parser.parse_args()
     check_writable(args.out, "out")  # before any work
+    check_backend(args.backend, args.ray_address)
 
     stages = SEQUENCES[args.sequence]
     methods = {"finetune": {"kind": "none"}}
@@ -147,7 +171,17 @@ def main() -> None:
     suffix = "" if args.ewc_normalize == "max" else f"_{args.ewc_normalize}"  # runs of each setting apart
     methods |= {f"ewc_{lam:g}{suffix}": {"kind": "ewc", "strength": lam, "normalize": normalize}
                 for lam in args.ewc_lambda}
-    per_seed = {seed: score_seed(seed, args, stages, methods) for seed in args.seeds}
+    for seed in args.seeds:  # every config checked before anything runs
+        for config in (reference_configs(seed, args, stages) | method_configs(seed, args, stages, methods)).values():
+            config_from_dict(CurriculumConfig, config)
+    sweep_id = new_sweep_id()
+    references = {name: config for seed in args.seeds for name, config in reference_configs(seed, args, stages).items()}
+    states = run_all(references, args, sweep_id)
+    for seed in args.seeds:
+        references_of(seed, stages, states)
+    states |= run_all({name: config for seed in args.seeds
+                       for name, config in method_configs(seed, args, stages, methods).items()}, args, sweep_id)
+    per_seed = {seed: score_seed(seed, args, stages, methods, states) for seed in args.seeds}
 
     labels = [stage["name"] for stage in stages]
     keys = {"average performance": "average_performance", "average forgetting": "average_forgetting",

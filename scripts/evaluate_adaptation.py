@@ -3,6 +3,7 @@
     python scripts/evaluate_adaptation.py --checkpoint runs/maml/checkpoints/latest.pt --out runs/eval \
         --family cheetah_velocity --split test --tasks 10 --steps 3 --seeds 0 1 2 \
         --baselines random,pretrained --pretrain-iterations 100
+    python scripts/evaluate_adaptation.py ... --backend ray       # sampling on Ray actors (same episodes)
     python scripts/evaluate_adaptation.py --checkpoint ... --terrains gaps:0.5 obstacles:0.3 --out runs/eval
 
 Writes table.csv, table.md, adaptation.png and results.json to --out (and pretrained.pt when the
@@ -29,6 +30,7 @@ from agents.meta.evaluation import (
 from agents.meta.pretrain import PretrainConfig, pretrain, save_pretrained
 from agents.runs.checkpoint import load_checkpoint
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
+from agents.runs.ray_backend import BACKENDS, check_backend
 from envs.tasks import SPLITS, TaskDistribution, get_family
 
 BASELINES = ("random", "pretrained")
@@ -63,6 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads; small MLPs run fastest on one, next to the sampler threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="sample on this machine's threads, or on Ray actors (same episodes)")
+    parser.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT); default: a local Ray")
     return parser.parse_args(argv)
 
 
@@ -72,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     check_writable(args.out, "out")  # before any work
     if args.torch_threads < 1:
         raise ValueError(f"torch_threads must be >= 1, got {args.torch_threads}")
+    check_backend(args.backend, args.ray_address)
     config = AdaptationConfig(steps=args.steps, inner_lr=args.inner_lr, episodes_per_task=args.episodes,
                               horizon=args.horizon, seeds=tuple(args.seeds), num_threads=args.num_threads)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -128,7 +134,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         methods["pretrained"] = pretrained
     if "random" in baselines:
         methods["random"] = random_init(maml.obs_dim, maml.act_dim, arch, args.random_seed)
-    result = compare(methods, tasks, robot, config, height_scan=height_scan, progress=not args.quiet)
+    sampler = None
+    if args.backend == "ray":
+        from agents.runs.ray_sampler import RaySampler  # only with the optional extra
+
+        sampler = RaySampler(robot, config.horizon, height_scan=height_scan, address=args.ray_address)
+    try:
+        result = compare(methods, tasks, robot, config, height_scan=height_scan, progress=not args.quiet,
+                         sampler=sampler)
+    finally:
+        if sampler is not None:
+            sampler.close()
     sources = {"maml": str(args.checkpoint), "random": f"random_init(seed={args.random_seed})",
                "pretrained": str(args.pretrained) if args.pretrained else str(outputs.get("pretrained.pt"))}
     metadata = {"sources": {name: sources[name] for name in methods}, "family": family.name if family else None,

@@ -6,6 +6,7 @@ so the README can show nothing the JSON does not hold. `--check` changes nothing
 the README is out of date (the test suite runs it).
 
     python scripts/benchmark.py --out assets/results   # and/or
+    python scripts/benchmark_ray.py --out assets/results   # and/or
     python scripts/check_fisher_every.py --out assets/results   # then
     python scripts/update_readme.py
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import to_markdown as benchmark_markdown
+from benchmark_ray import to_markdown as benchmark_ray_markdown
 from check_fisher_every import to_markdown as fisher_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,7 @@ RESULTS = ROOT / "assets" / "results"
 #: section name -> (JSON file in assets/results, renderer of its Markdown)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark": ("benchmark.json", lambda results: benchmark_markdown(results, level=3)),
+    "benchmark_ray": ("benchmark_ray.json", lambda results: benchmark_ray_markdown(results, level=3)),
     "fisher_check": ("fisher_check.json", lambda results: fisher_markdown(results, level=3)),
     "fisher_check_fresh_seeds": ("fisher_check_fresh_seeds.json", lambda results: fisher_markdown(results, level=3)),
 }

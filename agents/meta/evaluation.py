@@ -264,6 +264,7 @@ def compare(
     config: AdaptationConfig | None = None,
     height_scan: bool = False,
     progress: bool = False,
+    sampler: Sampler | None = None,
 ) -> AdaptationResult:
     """Evaluate several initialisations on the same tasks and seeds (see the module docstring).
 
@@ -274,6 +275,8 @@ def compare(
         config: evaluation settings (defaults if None).
         height_scan: whether the policies observe the terrain heights ahead.
         progress: show a progress bar.
+        sampler: where episodes come from (e.g. `agents.runs.ray_sampler.RaySampler`, of this robot,
+            horizon and height scan; the caller closes it); default a local `Sampler`.
 
     Every input is checked (names, policy dimensions against the robot's spaces) before anything
     is simulated; a bad one is a ValueError naming it.
@@ -283,7 +286,12 @@ def compare(
         raise ValueError("methods must hold at least one name -> policy")
     if not tasks or not all(isinstance(t, Task) for t in tasks):
         raise ValueError("tasks must be a non-empty sequence of Task")
-    sampler = Sampler(robot, config.horizon, height_scan=height_scan, num_threads=config.num_threads)
+    own_sampler = sampler is None
+    if sampler is None:
+        sampler = Sampler(robot, config.horizon, height_scan=height_scan, num_threads=config.num_threads)
+    elif (sampler.robot, sampler.horizon, sampler.height_scan) != (robot, config.horizon, height_scan):
+        raise ValueError(f"sampler: collects {sampler.robot} episodes of {sampler.horizon} steps "
+                         f"(height_scan={sampler.height_scan}), expected {robot}, {config.horizon}, {height_scan}")
     try:
         for name, policy in methods.items():
             if not isinstance(name, str) or not name:
@@ -298,7 +306,8 @@ def compare(
                     [_adaptation_curve(policy, sampler, tasks, config, seed, bar) for seed in config.seeds]
                 )
     finally:
-        sampler.close()
+        if own_sampler:
+            sampler.close()
     return result
 
 

@@ -96,12 +96,22 @@ def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
     return int(np.random.SeedSequence([seed, iteration, purpose]).generate_state(1)[0])
 
 
-def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> GaussianMLPPolicy:
-    """Run (or resume) meta-training into `run`; returns the meta-learned policy."""
+def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
+               sampler: Sampler | None = None) -> GaussianMLPPolicy:
+    """Run (or resume) meta-training into `run`; returns the meta-learned policy.
+
+    `sampler`: where episodes come from (e.g. `agents.runs.ray_sampler.RaySampler`; the caller
+    closes it); default a local `Sampler` of the config's robot, horizon and threads.
+    """
     # Small MLPs run fastest single-threaded; two torch threads fight the sampler threads for 2 cores.
     torch.set_num_threads(1)
     family = get_family(config.family)
-    sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
+    own_sampler = sampler is None
+    if sampler is None:
+        sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
+    elif (sampler.robot, sampler.horizon, sampler.height_scan) != (family.robot, config.horizon, config.height_scan):
+        raise ValueError(f"sampler: collects {sampler.robot} episodes of {sampler.horizon} steps (height_scan="
+                         f"{sampler.height_scan}), expected {family.robot}, {config.horizon}, {config.height_scan}")
     torch.manual_seed(config.seed)
     policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes)
     learner = MAMLTRPO(policy, config.maml_config())
@@ -131,7 +141,8 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True) -> G
                                  optimizer=learner.optimizer,
                                  metadata={"family": config.family, "kind": "maml", "config": config_to_dict(config)})
     writer.close()
-    sampler.close()
+    if own_sampler:
+        sampler.close()
     return policy
 
 
