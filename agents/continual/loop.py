@@ -207,7 +207,7 @@ class Curriculum:
         if not resumed:
             self.state.random_returns, self.state.random_held_out = self._random_references()
             self.state.pool_returns = [[] for _ in self.pool_tasks]
-        self._events["curriculum"] = EventFile(self.run.tb / "curriculum", self._tb_sizes.get("curriculum"))
+        self._curriculum_events()
         try:
             while (pool_index := self.schedule.next_stage(self.state.history, self.state.pool_returns)) is not None:
                 if paused is not None and (paused_pool := paused["progress"]["pool_index"]) != pool_index:
@@ -288,7 +288,7 @@ class Curriculum:
         row, each earlier stage's forgetting so far (its return after its own stage minus its return
         now, as `agents.continual.metrics.forgetting`; positive = lost), the held-out returns."""
         stage = record["stage"]
-        writer = self._events["curriculum"]
+        writer = self._curriculum_events()
         for key in ("return_before_adapt", "return_after_adapt", "return_after_training", "distance",
                     "mean_seen"):
             writer.add_scalar(f"curriculum/{key}", record[key], stage)
@@ -304,6 +304,12 @@ class Curriculum:
                                 strict=True):
             writer.add_scalar(f"held_out/{label}", value, stage)
         writer.flush()
+
+    def _curriculum_events(self) -> EventFile:
+        """The curriculum-level event file, opened on first use (continued after a resume)."""
+        if "curriculum" not in self._events:
+            self._events["curriculum"] = EventFile(self.run.tb / "curriculum", self._tb_sizes.get("curriculum"))
+        return self._events["curriculum"]
 
     def _matrix_columns(self, seen: list[int]) -> list[int]:
         """Pool indices of R's columns: the stages so far (`seen`), then, for a fixed schedule, the
