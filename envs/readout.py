@@ -98,8 +98,18 @@ class Readout:
         # Read on every step, so looked up once here.
         self._velocity_bounds = (-float(robot.velocity_clip), float(robot.velocity_clip))
         self._ctrl_factor = -float(robot.ctrl_cost_weight)
+        self.robot_nq_rest, self.robot_nv = nq - self.root - 1, nv
         self.obs_dim = (nq - self.root + nv + (robot.n_scan if height_scan else 0)
                         + (GOAL_DIM if goal_in_obs else 0))
+
+    def layout(self) -> list[tuple[str, int]]:
+        """The observation's components in order, as (name, size); their sizes sum to `obs_dim`."""
+        parts = [("root_height", 1), ("qpos_rest", self.robot_nq_rest), ("qvel_clipped", self.robot_nv)]
+        if self.height_scan:
+            parts.append(("height_scan", self.robot.n_scan))
+        if self.goal_in_obs:
+            parts.append(("goal", GOAL_DIM))
+        return parts
 
     # --- terrain ----------------------------------------------------------------------------
 

@@ -6,13 +6,20 @@ then take one vanilla policy-gradient step (`agents.meta.maml.adapt`, first orde
 repeat until k steps have been taken and the k-th adapted parameters have been rolled out. All
 tasks of a step are sampled in one `Sampler.sample(params=[per-task params])` call.
 
-Common random numbers: the sampling seed of a step depends only on (seed, step), so every method
-(initialisation) meets the same reset states and action-noise streams, and a method's numbers do
-not depend on which other methods are compared with it.
+What varies across seeds: each seed has its own tasks (callers draw them per seed, e.g. from the
+family's held-out split), its own env resets and action noise, and a method may give one policy per
+seed (the random baseline: one fresh init per seed). So an interval covers tasks, rollouts and
+inits, never rollout noise on one fixed task set alone.
 
-Confidence intervals are over seeds: each seed contributes the mean over tasks (or, per task, the
-task's mean over episodes), and the interval is the Student-t interval of `agents.runs.stats`. With a
-single seed the interval is undefined (NaN).
+Common random numbers: the sampling seed of a step depends only on (seed, step), so every method
+meets the same tasks, reset states and action-noise streams, differences between methods are
+paired by (seed, task), and a method's numbers do not depend on which other methods are compared.
+
+Statistics (`agents.runs.stats`): per method and step, the mean and interquartile mean (IQM) of the
+per-task returns; per gain (step j minus before, or one method minus another at the same step) the
+mean paired difference and the probability of improvement; each with a 95 % stratified bootstrap
+interval (tasks resampled within each seed). A gain whose interval includes zero is reported as
+indistinguishable from zero.
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ from tqdm import tqdm
 from agents.meta.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.atomic import PathLike, atomic_write_bytes, atomic_write_text
-from agents.runs.stats import mean_confidence_interval
+from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
 from envs.tasks import Goal, Task, Terrain
+
+#: a method's policy: one for every seed, or one per seed (e.g. a fresh random init per seed)
+MethodPolicies = GaussianMLPPolicy | Sequence[GaussianMLPPolicy]
 
 # ----------------------------------------------------------------------------------------------
 # Configuration and inputs
@@ -48,19 +58,20 @@ class AdaptationConfig:
 
     steps: int = 3  # k: inner policy-gradient steps after the pre-adaptation rollout (0: none)
     inner_lr: float = 0.1  # SGD step size of each inner step
-    episodes_per_task: int = 10  # episodes per task and step, used both to measure and to adapt
+    episodes_per_task: int = 20  # episodes per task and step (the MAML paper's fast batch), to measure and adapt
     horizon: int = 200  # steps per episode
-    seeds: tuple[int, ...] = (0, 1, 2)  # evaluation seeds (env resets, action noise); CIs are over them
+    seeds: tuple[int, ...] = (0, 1, 2)  # evaluation seeds: tasks, env resets, action noise, random inits
     gamma: float = 0.99  # discount of the inner-loop advantages
     gae_lambda: float = 1.0  # GAE lambda of the inner-loop advantages (1: returns minus linear baseline)
     normalize_advantages: bool = True  # standardise the inner-loop advantages
-    confidence: float = 0.95  # coverage of the reported confidence intervals
+    confidence: float = 0.95  # coverage of the reported intervals
+    bootstrap_reps: int = 10_000  # stratified bootstrap resamples per interval
     num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps (k, the number of inner steps) must be an integer >= 0, got {self.steps!r}")
-        for name in ("episodes_per_task", "horizon"):
+        for name in ("episodes_per_task", "horizon", "bootstrap_reps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -134,9 +145,18 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(step), 7]).generate_state(1)[0])
 
 
+def task_seed_for(task_seed: int, seed: int) -> int:
+    """The seed of evaluation seed `seed`'s task draw (distinct tasks per seed, same for every method)."""
+    return int(np.random.SeedSequence([int(task_seed), int(seed), 11]).generate_state(1)[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
+
+
+def _step_label(step: int) -> str:
+    return "before" if step == 0 else f"{step} step" + ("s" if step > 1 else "")
 
 
 @dataclass
@@ -145,20 +165,20 @@ class AdaptationResult:
 
     Attributes:
         robot: the robot evaluated.
-        tasks: the evaluation tasks, in order.
+        tasks: the evaluation tasks of each seed (`tasks[s][t]`; the same count for every seed).
         config: the evaluation settings.
         returns: method -> `[seed, task, step]` array of mean undiscounted episode returns; step 0 is
-            before adaptation, step j after j inner steps (shape `[len(seeds), len(tasks), steps + 1]`).
+            before adaptation, step j after j inner steps (shape `[len(seeds), n_tasks, steps + 1]`).
     """
 
     robot: str
-    tasks: list[Task]
+    tasks: list[list[Task]]
     config: AdaptationConfig
     returns: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
-        """Method names in evaluation order."""
+        """Method names in evaluation order (the first is the one compared with the others)."""
         return list(self.returns)
 
     @property
@@ -171,48 +191,88 @@ class AdaptationResult:
         """k, the number of inner steps (the step axis runs 0..k)."""
         return self.config.steps
 
+    @property
+    def tasks_per_seed(self) -> int:
+        """Tasks evaluated under each seed."""
+        return len(self.tasks[0])
+
     def records(self) -> list[dict[str, Any]]:
-        """Tidy rows: method, task (index), task_label, step, seed, return."""
+        """Tidy rows: method, seed, task (index within the seed), task_label, step, return."""
         return [
-            {"method": method, "task": t, "task_label": task.describe(), "step": j, "seed": seed,
+            {"method": method, "seed": seed, "task": t, "task_label": task.describe(), "step": j,
              "return": float(values[s, t, j])}
             for method, values in self.returns.items()
-            for t, task in enumerate(self.tasks)
-            for j in range(self.steps + 1)
             for s, seed in enumerate(self.seeds)
+            for t, task in enumerate(self.tasks[s])
+            for j in range(self.steps + 1)
         ]
 
-    def summary(self, per_task: bool = False) -> list[dict[str, Any]]:
-        """Rows of mean return and confidence interval over seeds, per method and step (and task).
+    def _interval(self, per_seed_task: np.ndarray, statistic: str) -> dict[str, float]:
+        point, low, high = stratified_bootstrap(list(per_seed_task), statistic, self.config.confidence,
+                                                self.config.bootstrap_reps)
+        return {statistic: point, f"{statistic}_low": low, f"{statistic}_high": high}
 
-        Without `per_task`, a seed's value is its mean over tasks. Keys: method, [task,
-        task_label,] step, mean, ci_low, ci_high, n_seeds.
+    def _difference(self, differences: np.ndarray) -> dict[str, Any]:
+        row = {**self._interval(differences, "mean"), **self._interval(differences, "p_improvement")}
+        row["distinguishable"] = not row["mean_low"] <= 0.0 <= row["mean_high"]
+        return row
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per method and step: mean and IQM of the per-task returns, with intervals.
+
+        Keys: method, step, mean, mean_low, mean_high, iqm, iqm_low, iqm_high, n_tasks, n_seeds.
         """
-        rows = []
-        for method, values in self.returns.items():
-            groups = (
-                [({"task": t, "task_label": task.describe()}, values[:, t, :]) for t, task in enumerate(self.tasks)]
-                if per_task else [({}, values.mean(axis=1))]
-            )
-            for keys, per_seed in groups:  # per_seed: [seed, step]
-                for j in range(self.steps + 1):
-                    mean, low, high = mean_confidence_interval(per_seed[:, j], self.config.confidence)
-                    rows.append({"method": method, **keys, "step": j, "mean": mean, "ci_low": low, "ci_high": high,
-                                 "n_seeds": len(self.seeds)})
-        return rows
+        return [
+            {"method": method, "step": j, **self._interval(values[:, :, j], "mean"),
+             **self._interval(values[:, :, j], "iqm"), "n_tasks": values.shape[0] * values.shape[1],
+             "n_seeds": values.shape[0]}
+            for method, values in self.returns.items()
+            for j in range(self.steps + 1)
+        ]
+
+    def gains(self) -> list[dict[str, Any]]:
+        """Per method and step j >= 1: the paired gain of step j over before adaptation.
+
+        Keys: method, step, mean (mean gain), mean_low, mean_high, p_improvement (share of
+        (seed, task) pairs where step j beat before) with its interval, distinguishable (the mean's
+        interval excludes zero).
+        """
+        return [
+            {"method": method, "step": j, **self._difference(values[:, :, j] - values[:, :, 0])}
+            for method, values in self.returns.items()
+            for j in range(1, self.steps + 1)
+        ]
+
+    def versus(self) -> list[dict[str, Any]]:
+        """Per other method and step: the first method minus that method at the same step (paired).
+
+        Keys: method (the first), other, step, and the keys of `gains`.
+        """
+        if len(self.methods) < 2:
+            return []
+        first, values = self.methods[0], self.returns[self.methods[0]]
+        return [
+            {"method": first, "other": other, "step": j,
+             **self._difference(values[:, :, j] - self.returns[other][:, :, j])}
+            for other in self.methods[1:]
+            for j in range(self.steps + 1)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: robot, config, tasks, the tidy records and both summaries (NaN as null)."""
+        """JSON-ready: robot, config, tasks per seed, every statistic and the tidy records (NaN as null)."""
         config = asdict(self.config)
         config["seeds"] = list(config["seeds"])
         return _nan_to_none({
             "robot": self.robot,
             "config": config,
-            "confidence_interval": f"Student-t {self.config.confidence:.0%} interval of the mean over seeds",
+            "intervals": (f"{self.config.confidence:.0%} stratified bootstrap ({self.config.bootstrap_reps} "
+                          f"resamples; tasks resampled within each of {len(self.seeds)} seeds)"),
             "methods": self.methods,
-            "tasks": [task.to_dict() for task in self.tasks],
+            "tasks_per_seed": self.tasks_per_seed,
+            "tasks": [[task.to_dict() for task in seed_tasks] for seed_tasks in self.tasks],
             "summary": self.summary(),
-            "summary_per_task": self.summary(per_task=True),
+            "gains": self.gains(),
+            "versus": self.versus(),
             "records": self.records(),
         })
 
@@ -234,6 +294,26 @@ def _check_policy(name: str, policy: GaussianMLPPolicy, sampler: Sampler) -> Non
         raise ValueError(f"methods[{name!r}]: policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim}; "
                          f"{sampler.robot!r} (height_scan={sampler.height_scan}) needs obs_dim={sampler.obs_dim}, "
                          f"act_dim={sampler.act_dim}")
+
+
+def _per_seed(name: str, policies: MethodPolicies, n_seeds: int) -> list[GaussianMLPPolicy]:
+    if isinstance(policies, GaussianMLPPolicy):
+        return [policies] * n_seeds
+    policies = list(policies) if isinstance(policies, Sequence) else [policies]
+    if len(policies) != n_seeds:
+        raise ValueError(f"methods[{name!r}]: give one policy, or one per seed ({n_seeds}), got {len(policies)}")
+    return policies
+
+
+def _per_seed_tasks(tasks: Sequence[Task] | Sequence[Sequence[Task]], n_seeds: int) -> list[list[Task]]:
+    if tasks and all(isinstance(t, Task) for t in tasks):
+        return [list(tasks)] * n_seeds
+    per_seed = [list(seed_tasks) for seed_tasks in tasks]
+    if len(per_seed) != n_seeds or not all(per_seed) or not all(isinstance(t, Task) for s in per_seed for t in s):
+        raise ValueError(f"tasks must be a non-empty sequence of Task, or one such sequence per seed ({n_seeds})")
+    if len({len(s) for s in per_seed}) != 1:
+        raise ValueError(f"tasks: every seed needs as many tasks, got {[len(s) for s in per_seed]}")
+    return per_seed
 
 
 def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
@@ -258,8 +338,8 @@ def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequen
 
 
 def compare(
-    methods: Mapping[str, GaussianMLPPolicy],
-    tasks: Sequence[Task],
+    methods: Mapping[str, MethodPolicies],
+    tasks: Sequence[Task] | Sequence[Sequence[Task]],
     robot: str,
     config: AdaptationConfig | None = None,
     height_scan: bool = False,
@@ -269,8 +349,10 @@ def compare(
     """Evaluate several initialisations on the same tasks and seeds (see the module docstring).
 
     Args:
-        methods: name -> policy (e.g. "maml", "pretrained", "random"); policies are not modified.
-        tasks: the evaluation tasks (e.g. a family's test split).
+        methods: name -> policy, or name -> one policy per seed (e.g. "maml", "pretrained",
+            "random"); policies are not modified. The first method is compared with the others.
+        tasks: the evaluation tasks: one list for every seed, or one list per seed (preferred: then
+            the intervals cover the task distribution, not one draw of it).
         robot: the robot of the tasks.
         config: evaluation settings (defaults if None).
         height_scan: whether the policies observe the terrain heights ahead.
@@ -284,8 +366,9 @@ def compare(
     config = AdaptationConfig() if config is None else config
     if not methods:
         raise ValueError("methods must hold at least one name -> policy")
-    if not tasks or not all(isinstance(t, Task) for t in tasks):
+    if not tasks:
         raise ValueError("tasks must be a non-empty sequence of Task")
+    per_seed_tasks = _per_seed_tasks(tasks, len(config.seeds))
     own_sampler = sampler is None
     if sampler is None:
         sampler = Sampler(robot, config.horizon, height_scan=height_scan, num_threads=config.num_threads)
@@ -293,18 +376,22 @@ def compare(
         raise ValueError(f"sampler: collects {sampler.robot} episodes of {sampler.horizon} steps "
                          f"(height_scan={sampler.height_scan}), expected {robot}, {config.horizon}, {height_scan}")
     try:
-        for name, policy in methods.items():
+        policies: dict[str, list[GaussianMLPPolicy]] = {}
+        for name, given in methods.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"methods: names must be non-empty strings, got {name!r}")
-            _check_policy(name, policy, sampler)
-        result = AdaptationResult(robot, list(tasks), config)
+            policies[name] = _per_seed(name, given, len(config.seeds))
+            for policy in policies[name]:
+                _check_policy(name, policy, sampler)
+        result = AdaptationResult(robot, per_seed_tasks, config)
         total = len(methods) * len(config.seeds) * (config.steps + 1)
         with tqdm(total=total, disable=not progress, desc="evaluate adaptation", unit="rollout") as bar:
-            for name, policy in methods.items():
+            for name, per_seed in policies.items():
                 bar.set_postfix(method=name)
-                result.returns[name] = np.stack(
-                    [_adaptation_curve(policy, sampler, tasks, config, seed, bar) for seed in config.seeds]
-                )
+                result.returns[name] = np.stack([
+                    _adaptation_curve(policy, sampler, seed_tasks, config, seed, bar)
+                    for policy, seed_tasks, seed in zip(per_seed, per_seed_tasks, config.seeds, strict=True)
+                ])
     finally:
         if own_sampler:
             sampler.close()
@@ -313,7 +400,7 @@ def compare(
 
 def evaluate_adaptation(
     policy: GaussianMLPPolicy,
-    tasks: Sequence[Task],
+    tasks: Sequence[Task] | Sequence[Sequence[Task]],
     robot: str,
     config: AdaptationConfig | None = None,
     name: str = "policy",
@@ -325,44 +412,93 @@ def evaluate_adaptation(
 
 
 # ----------------------------------------------------------------------------------------------
-# Tables and figures
+# Tables and figures (rendered from the JSON dict, so a README can be regenerated from the file)
 # ----------------------------------------------------------------------------------------------
 
 
-def write_csv(result: AdaptationResult, path: PathLike, per_task: bool = False) -> Path:
-    """`result.summary(per_task)` as CSV (empty cells for undefined bounds), atomically."""
-    rows = result.summary(per_task)
+def _interval_cell(row: Mapping[str, Any], key: str, precision: int, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    cell = f"{row[key]:{sign}.{precision}f}"
+    if low is not None and high is not None:
+        cell += f" [{low:{sign}.{precision}f}, {high:{sign}.{precision}f}]"
+    return cell
+
+
+def _verdict(row: Mapping[str, Any]) -> str:
+    return "distinguishable from zero" if row["distinguishable"] else "indistinguishable from zero"
+
+
+def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str = "####") -> str:
+    """Markdown tables of an evaluation's JSON (`AdaptationResult.to_dict()`): returns, gains, versus.
+
+    States the tasks, seeds, episodes and budget, and for every gain whether it is distinguishable
+    from zero.
+    """
+    config, methods = data["config"], data["methods"]
+    steps = range(config["steps"] + 1)
+    by_key = {(row["method"], row["step"]): row for row in data["summary"]}
+    n_seeds, per_seed = len(config["seeds"]), data["tasks_per_seed"]
+    lines = [
+        f"{per_seed * n_seeds} held-out tasks ({per_seed} per seed, seeds {', '.join(map(str, config['seeds']))}), "
+        f"{config['episodes_per_task']} episodes per task and step, {config['steps']} inner policy-gradient "
+        f"step(s) of lr {config['inner_lr']:g} on those episodes, horizon {config['horizon']} "
+        f"({robot_steps(data)} env steps per method). Intervals: {data['intervals']}.",
+        "",
+        f"{heading} Mean return [95 % interval]; IQM in the second line",
+        "",
+        "| method | " + " | ".join(_step_label(j) for j in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for method in methods:
+        lines.append(f"| {method} | " + " | ".join(_interval_cell(by_key[(method, j)], "mean", precision)
+                                                   for j in steps) + " |")
+        lines.append(f"| {method} (IQM) | " + " | ".join(_interval_cell(by_key[(method, j)], "iqm", precision)
+                                                         for j in steps) + " |")
+    if config["steps"] > 0:
+        lines += ["", f"{heading} Gain over before adaptation (paired by task)", "",
+                  "| method | after | gain [95 % interval] | P(improvement) | verdict |", "|---|---|---:|---:|---|"]
+        for row in data["gains"]:
+            lines.append(f"| {row['method']} | {_step_label(row['step'])} | "
+                         f"{_interval_cell(row, 'mean', precision, signed=True)} | "
+                         f"{_interval_cell(row, 'p_improvement', 2)} | {_verdict(row)} |")
+    if data["versus"]:
+        first = methods[0]
+        lines += ["", f"{heading} {first} minus each baseline at the same step (paired by task)", "",
+                  "| baseline | step | difference [95 % interval] | P(" + first + " better) | verdict |",
+                  "|---|---|---:|---:|---|"]
+        for row in data["versus"]:
+            lines.append(f"| {row['other']} | {_step_label(row['step'])} | "
+                         f"{_interval_cell(row, 'mean', precision, signed=True)} | "
+                         f"{_interval_cell(row, 'p_improvement', 2)} | {_verdict(row)} |")
+    return "\n".join(lines) + "\n"
+
+
+def robot_steps(data: Mapping[str, Any]) -> int:
+    """Env steps one method's evaluation takes (tasks x seeds x episodes x horizon x rollouts)."""
+    config = data["config"]
+    return (data["tasks_per_seed"] * len(config["seeds"]) * config["episodes_per_task"] * config["horizon"]
+            * (config["steps"] + 1))
+
+
+def markdown_table(result: AdaptationResult, precision: int = 1) -> str:
+    """`markdown_from_dict(result.to_dict())`."""
+    return markdown_from_dict(result.to_dict(), precision)
+
+
+def write_csv(result: AdaptationResult, path: PathLike) -> Path:
+    """`result.summary()` and `result.gains()` rows as CSV (one `table` column says which), atomically."""
+    rows = [{"table": "return", **row} for row in result.summary()]
+    rows += [{"table": "gain", **row} for row in result.gains()]
+    fields: list[str] = []
+    for row in rows:
+        fields += [key for key in row if key not in fields]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
     return atomic_write_text(path, buffer.getvalue())
-
-
-def _step_label(step: int) -> str:
-    return "before" if step == 0 else f"{step} step" + ("s" if step > 1 else "")
-
-
-def markdown_table(result: AdaptationResult, precision: int = 1) -> str:
-    """Markdown: a row per method, a column per step, cells "mean ± CI half-width" (mean only for one seed)."""
-    by_key = {(row["method"], row["step"]): row for row in result.summary()}
-    header = ["method", *(_step_label(j) for j in range(result.steps + 1))]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (result.steps + 1)]
-    for method in result.methods:
-        cells = []
-        for j in range(result.steps + 1):
-            row = by_key[(method, j)]
-            cell = f"{row['mean']:.{precision}f}"
-            if math.isfinite(row["ci_high"]):
-                cell += f" ± {row['ci_high'] - row['mean']:.{precision}f}"
-            cells.append(cell)
-        lines.append(f"| {method.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
-    confidence = f"{result.config.confidence:.0%}"
-    note = (f"Mean return over {len(result.tasks)} tasks, ± half-width of the Student-t {confidence} confidence "
-            f"interval over {len(result.seeds)} seeds; {result.config.episodes_per_task} episodes per task and step, "
-            f"inner lr {result.config.inner_lr:g}, horizon {result.config.horizon}.")
-    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def write_markdown(result: AdaptationResult, path: PathLike, precision: int = 1) -> Path:
@@ -379,7 +515,7 @@ def write_json(result: AdaptationResult, path: PathLike, metadata: Mapping[str, 
 
 
 def plot_adaptation(result: AdaptationResult, path: PathLike, title: str | None = None) -> Path:
-    """PNG of mean return (over tasks) vs inner steps, one line per method, CI bands over seeds."""
+    """PNG of mean return vs inner steps, one line per method, bootstrap intervals as bands."""
     from matplotlib.figure import Figure  # the Agg canvas, no pyplot or display; imported only when plotting
 
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
@@ -388,17 +524,16 @@ def plot_adaptation(result: AdaptationResult, path: PathLike, title: str | None 
     rows = result.summary()
     for method in result.methods:
         mine = [r for r in rows if r["method"] == method]
-        mean = np.array([r["mean"] for r in mine])
-        (line,) = ax.plot(steps, mean, marker="o", label=method)
-        low, high = np.array([r["ci_low"] for r in mine]), np.array([r["ci_high"] for r in mine])
-        if np.isfinite(low).all():
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        (line,) = ax.plot(steps, [r["mean"] for r in mine], marker="o", label=method)
+        ax.fill_between(steps, [r["mean_low"] for r in mine], [r["mean_high"] for r in mine],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xticks(steps)
     ax.set_xlabel("inner policy-gradient steps")
     ax.set_ylabel("mean return")
     confidence = f"{result.config.confidence:.0%}"
-    ax.set_title(title or f"Adaptation on {len(result.tasks)} tasks ({result.robot}, {confidence} CI over "
-                          f"{len(result.seeds)} seeds)", fontsize=10)
+    n_tasks = result.tasks_per_seed * len(result.seeds)
+    ax.set_title(title or f"Adaptation on {n_tasks} tasks ({result.robot}; {confidence} bootstrap interval over "
+                          f"tasks and {len(result.seeds)} seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     buffer = io.BytesIO()

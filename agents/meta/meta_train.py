@@ -25,6 +25,8 @@ from agents.meta.maml import MAMLTRPO, MAMLConfig
 from agents.policy import GaussianMLPPolicy
 from agents.runs.checkpoint import load_checkpoint
 from agents.runs.config import config_to_dict
+from agents.runs.layout import observation_layout
+from agents.runs.provenance import spent_budget, training_metadata
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution, get_family
@@ -115,7 +117,8 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
     torch.manual_seed(config.seed)
     policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes)
     learner = MAMLTRPO(policy, config.maml_config())
-    start = 0
+    start, wall_time_s, env_steps = 0, 0.0, 0
+    observation = observation_layout(family.robot, config.height_scan)
     resume_from = latest_checkpoint(run) if run.resumed else None
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
@@ -124,12 +127,15 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
         if learner.optimizer is not None and checkpoint.optimizer_state is not None:
             learner.optimizer.load_state_dict(checkpoint.optimizer_state)
         start = checkpoint.iteration
+        wall_time_s, env_steps = spent_budget(checkpoint.metadata)
     log = MetricsLog(run.metrics, "meta_train", resume_step=start if run.resumed else None)
     writer = SummaryWriter(str(run.tb))
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc=f"meta-train {config.family}", unit="it")
     for iteration in bar:
         record = meta_iteration(learner, sampler, config, iteration)
+        wall_time_s += record["time_iteration"]
+        env_steps += record["env_steps"]
         log.append(record)
         for key, value in record.items():
             if isinstance(value, int | float) and key != "step":
@@ -139,7 +145,8 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
         if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
             save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
                                  optimizer=learner.optimizer,
-                                 metadata={"family": config.family, "kind": "maml", "config": config_to_dict(config)})
+                                 metadata=training_metadata("maml", config.family, config_to_dict(config),
+                                                            observation, wall_time_s, env_steps))
     writer.close()
     if own_sampler:
         sampler.close()

@@ -31,6 +31,8 @@ from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.atomic import PathLike
 from agents.runs.checkpoint import load_checkpoint, save_checkpoint
 from agents.runs.config import config_to_dict
+from agents.runs.layout import observation_layout
+from agents.runs.provenance import spent_budget, training_metadata
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution, get_family
@@ -173,15 +175,19 @@ def pretrain_iteration(policy: GaussianMLPPolicy, sampler: Sampler, config: Pret
     }
 
 
-def checkpoint_metadata(config: PretrainConfig) -> dict:
-    """The metadata saved with a pretrained checkpoint: kind "pretrained", the family and the config."""
-    return {"kind": CHECKPOINT_KIND, "family": config.family, "config": config_to_dict(config)}
+def checkpoint_metadata(config: PretrainConfig, wall_time_s: float = 0.0, env_steps: int = 0) -> dict:
+    """The metadata saved with a pretrained checkpoint: kind "pretrained", family, config, code,
+    observation layout and the budget spent (`agents.runs.provenance.training_metadata`)."""
+    observation = observation_layout(get_family(config.family).robot, config.height_scan)
+    return training_metadata(CHECKPOINT_KIND, config.family, config_to_dict(config), observation, wall_time_s,
+                             env_steps)
 
 
-def save_pretrained(path: PathLike, policy: GaussianMLPPolicy, config: PretrainConfig, iteration: int) -> Path:
+def save_pretrained(path: PathLike, policy: GaussianMLPPolicy, config: PretrainConfig, iteration: int,
+                    wall_time_s: float = 0.0, env_steps: int = 0) -> Path:
     """Save `policy` as a standard checkpoint (metadata kind "pretrained") at `path`, atomically."""
     return save_checkpoint(path, policy=policy, robot=get_family(config.family).robot, iteration=iteration,
-                           metadata=checkpoint_metadata(config))
+                           metadata=checkpoint_metadata(config, wall_time_s, env_steps))
 
 
 def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool = True) -> GaussianMLPPolicy:
@@ -199,13 +205,14 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
     family = get_family(config.family)
     sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
     policy = random_init(sampler.obs_dim, sampler.act_dim, config.hidden_sizes, config.seed)
-    start = 0
+    start, wall_time_s = 0, 0.0
     resume_from = latest_checkpoint(run) if run is not None and run.resumed else None
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
                                      expected_act_dim=sampler.act_dim)
         policy.load_state_dict(checkpoint.policy.state_dict())
         start = checkpoint.iteration
+        wall_time_s, sampler.env_steps = spent_budget(checkpoint.metadata)
     log = writer = None
     if run is not None:
         log = MetricsLog(run.metrics, "pretrain", resume_step=start if run.resumed else None)
@@ -214,7 +221,9 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
                desc=f"pretrain {config.family}", unit="it")
     try:
         for iteration in bar:
+            started = time.perf_counter()
             record = pretrain_iteration(policy, sampler, config, iteration)
+            wall_time_s += time.perf_counter() - started
             bar.set_postfix(ret=f"{record['return_mean']:.1f}", kl=f"{record['kl']:.4f}")
             if run is None:
                 continue
@@ -224,7 +233,7 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
                     writer.add_scalar(f"pretrain/{key}", value, iteration + 1)
             if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
                 save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
-                                     metadata=checkpoint_metadata(config))
+                                     metadata=checkpoint_metadata(config, wall_time_s, sampler.env_steps))
     finally:
         if writer is not None:
             writer.close()

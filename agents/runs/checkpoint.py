@@ -7,6 +7,7 @@ objects.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -296,3 +297,16 @@ def load_checkpoint(
         metadata=payload.get("metadata") or {},
         format_version=version,
     )
+
+
+def policy_sha256(policy: GaussianMLPPolicy) -> str:
+    """SHA-256 of a policy's parameters (names, shapes, dtypes and values, in name order).
+
+    Identifies the policy an evaluation measured, whatever file (and metadata) holds it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(policy.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{tuple(array.shape)}:{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -32,3 +32,19 @@ def provenance() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return {**versions, "git_commit": git_commit()}
+
+
+def training_metadata(kind: str, family: str, config: dict, observation: dict, wall_time_s: float,
+                      env_steps: int) -> dict:
+    """What a trained checkpoint records: how it was made (kind, family, config, code and libraries),
+    the observation it expects (`agents.runs.layout.observation_layout`) and the budget spent so far
+    (wall time and env steps, summed over resumes)."""
+    return {"kind": kind, "family": family, "config": config, "provenance": provenance(),
+            "observation": observation,
+            "budget": {"wall_time_s": round(float(wall_time_s), 1), "env_steps": int(env_steps)}}
+
+
+def spent_budget(metadata: dict | None) -> tuple[float, int]:
+    """(wall_time_s, env_steps) recorded in a checkpoint's metadata; zeros when it holds none."""
+    budget = (metadata or {}).get("budget", {})
+    return float(budget.get("wall_time_s", 0.0)), int(budget.get("env_steps", 0))

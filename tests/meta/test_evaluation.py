@@ -1,4 +1,5 @@
-"""Adaptation evaluation: shapes, adapted parameters used, reproducible, CIs, writers and the CLI."""
+"""Adaptation evaluation: shapes, adapted parameters used, reproducible, intervals across tasks and seeds,
+writers and the CLI (with its one-line mismatch errors)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from agents.meta.evaluation import (
     markdown_table,
     parse_terrain_tasks,
     random_init,
+    markdown_from_dict,
     step_seed,
     write_all,
 )
-from agents.runs.checkpoint import load_checkpoint, save_checkpoint
-from agents.runs.stats import mean_confidence_interval, student_t_ppf
+from agents.runs.checkpoint import save_checkpoint
+from agents.runs.layout import observation_layout
+from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution
 
@@ -56,9 +59,10 @@ def test_shapes_and_tidy_records(result) -> None:
         assert np.isfinite(values).all()
     records = result.records()
     assert len(records) == 2 * len(CONFIG.seeds) * len(TASKS) * (CONFIG.steps + 1)
-    assert set(records[0]) == {"method", "task", "task_label", "step", "seed", "return"}
+    assert set(records[0]) == {"method", "seed", "task", "task_label", "step", "return"}
     assert len(result.summary()) == 2 * (CONFIG.steps + 1)
-    assert len(result.summary(per_task=True)) == 2 * len(TASKS) * (CONFIG.steps + 1)
+    assert len(result.gains()) == 2 * CONFIG.steps
+    assert len(result.versus()) == CONFIG.steps + 1
 
 
 def test_adapted_parameters_are_the_ones_rolled_out(policies, result) -> None:
@@ -88,32 +92,51 @@ def test_same_seeds_same_numbers_and_methods_do_not_interact(policies, result) -
     assert not np.array_equal(other_seeds.returns["policy"], result.returns["random"])
 
 
-def test_confidence_interval_on_a_known_sample(result) -> None:
-    for df, t in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)]:
-        assert student_t_ppf(0.975, df) == pytest.approx(t, abs=1e-4)
-    mean, low, high = mean_confidence_interval([1.0, 2.0, 3.0, 4.0, 5.0])
-    # mean 3, s = sqrt(2.5), half-width t_{0.975,4} * s / sqrt(5) = 2.7764 * 0.7071
-    assert (mean, low, high) == pytest.approx((3.0, 1.0368, 4.9632), abs=1e-4)
-    assert mean_confidence_interval([1.0, 3.0], 0.9)[2] == pytest.approx(2.0 + 6.3138, abs=1e-4)
-    single = mean_confidence_interval([4.0])
-    assert single[0] == 4.0 and math.isnan(single[1]) and math.isnan(single[2])
+def test_intervals_pool_tasks_and_seeds_and_gains_are_paired(result) -> None:
+    values = result.returns["init"]
     row = next(r for r in result.summary() if r["method"] == "init" and r["step"] == 1)
-    per_seed = result.returns["init"][:, :, 1].mean(axis=1)
-    assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(mean_confidence_interval(per_seed))
+    assert row["mean"] == pytest.approx(values[:, :, 1].mean())
+    assert (row["mean"], row["mean_low"], row["mean_high"]) == pytest.approx(
+        stratified_bootstrap(list(values[:, :, 1]), "mean", CONFIG.confidence, CONFIG.bootstrap_reps))
+    assert row["mean_low"] <= row["mean"] <= row["mean_high"] and row["n_tasks"] == len(CONFIG.seeds) * len(TASKS)
+    gain = next(r for r in result.gains() if r["method"] == "init" and r["step"] == 2)
+    differences = values[:, :, 2] - values[:, :, 0]
+    assert gain["mean"] == pytest.approx(differences.mean())
+    assert gain["p_improvement"] == pytest.approx(((differences > 0) + 0.5 * (differences == 0)).mean())
+    assert gain["distinguishable"] == (not gain["mean_low"] <= 0 <= gain["mean_high"])
+    versus = next(r for r in result.versus() if r["other"] == "random" and r["step"] == 0)
+    assert versus["mean"] == pytest.approx((values[:, :, 0] - result.returns["random"][:, :, 0]).mean())
+
+
+def test_each_seed_has_its_own_tasks_and_policy(policies) -> None:
+    per_seed_tasks = [TaskDistribution("cheetah_velocity", seed).sample(2, split="test") for seed in (5, 6)]
+    per_seed_policies = [policies["init"], policies["random"]]
+    mixed = compare({"mixed": per_seed_policies}, per_seed_tasks, "cheetah", CONFIG)
+    for s, (policy, tasks) in enumerate(zip(per_seed_policies, per_seed_tasks, strict=True)):
+        alone = compare({"one": policy}, tasks, "cheetah", CONFIG)
+        np.testing.assert_array_equal(mixed.returns["mixed"][s], alone.returns["one"][s])
+    assert [r["task_label"] for r in mixed.records() if r["seed"] == 1 and r["step"] == 0] == [
+        t.describe() for t in per_seed_tasks[1]]
+    with pytest.raises(ValueError, match="one per seed"):
+        compare({"short": [policies["init"]]}, TASKS, "cheetah", CONFIG)
+    with pytest.raises(ValueError, match="as many tasks"):
+        compare({"init": policies["init"]}, [TASKS, TASKS[:1]], "cheetah", CONFIG)
 
 
 def test_writers(tmp_path: Path, result) -> None:
     paths = write_all(result, tmp_path / "out")
     rows = list(csv.DictReader(paths["table.csv"].open()))
-    assert len(rows) == 2 * (CONFIG.steps + 1)
-    assert set(rows[0]) == {"method", "step", "mean", "ci_low", "ci_high", "n_seeds"}
+    assert len(rows) == 2 * (CONFIG.steps + 1) + 2 * CONFIG.steps
+    assert {"table", "method", "step", "mean", "mean_low", "mean_high", "iqm", "distinguishable"} <= set(rows[0])
     text = paths["table.md"].read_text()
-    assert text.startswith("| method | before | 1 step | 2 steps |") and "| init |" in text and "±" in text
+    assert text.startswith("4 held-out tasks (2 per seed, seeds 0, 1), 2 episodes per task and step")
+    assert "| method | before | 1 step | 2 steps |" in text and "| init (IQM) |" in text
+    assert text.count("distinguishable from zero") == 2 * CONFIG.steps + CONFIG.steps + 1
     assert paths["adaptation.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(paths["results.json"].read_text())
     assert data["methods"] == ["init", "random"] and len(data["records"]) == len(result.records())
     assert data["config"]["seeds"] == [0, 1]
-    assert markdown_table(result) == text
+    assert markdown_table(result) == text == markdown_from_dict(data)
 
 
 @pytest.mark.parametrize(("changes", "match"), [
@@ -142,27 +165,39 @@ def test_mismatched_policy_and_terrain_specs_are_rejected() -> None:
 
 def test_cli_end_to_end(tmp_path: Path) -> None:
     checkpoint = save_checkpoint(tmp_path / "maml.pt", policy=random_init(OBS_DIM, ACT_DIM, (8,), seed=3),
-                                 robot="cheetah", metadata={"family": "cheetah_velocity", "kind": "maml"})
+                                 robot="cheetah", metadata={"family": "cheetah_velocity", "kind": "maml",
+                                                            "observation": observation_layout("cheetah")})
+    pretrained = save_checkpoint(tmp_path / "pre.pt", policy=random_init(OBS_DIM, ACT_DIM, (8,), seed=4),
+                                 robot="cheetah", metadata={"family": "cheetah_velocity", "kind": "pretrained"})
     out = tmp_path / "eval"
     outputs = load_cli().main([
         "--checkpoint", str(checkpoint), "--out", str(out), "--tasks", "2", "--steps", "1", "--episodes", "2",
-        "--horizon", "20", "--seeds", "0", "1", "--baselines", "random,pretrained", "--pretrain-iterations", "1",
-        "--pretrain-tasks", "2", "--num-threads", "1", "--quiet",
+        "--horizon", "20", "--seeds", "0", "1", "--pretrained", str(pretrained), "--num-threads", "1", "--quiet",
     ])
-    for name in ("table.csv", "table.md", "adaptation.png", "results.json", "pretrained.pt"):
+    for name in ("table.csv", "table.md", "adaptation.png", "results.json"):
         assert (out / name).is_file() and outputs[name] == out / name
     data = json.loads((out / "results.json").read_text())
     assert data["methods"] == ["maml", "pretrained", "random"]
-    assert len(data["tasks"]) == 2 and all(t["goal"]["target_velocity"] is not None for t in data["tasks"])
-    assert load_checkpoint(out / "pretrained.pt", expected_robot="cheetah").metadata["kind"] == "pretrained"
-    assert data["metadata"]["sources"] == {"maml": str(checkpoint), "pretrained": str(out / "pretrained.pt"),
-                                           "random": "random_init(seed=0)"}
+    assert len(data["tasks"]) == 2 and all(len(seed_tasks) == 2 for seed_tasks in data["tasks"])
+    assert all(t["goal"]["target_velocity"] is not None for seed_tasks in data["tasks"] for t in seed_tasks)
+    assert data["tasks"][0] != data["tasks"][1]  # each seed draws its own tasks
+    assert data["metadata"]["sources"] == {"maml": str(checkpoint), "pretrained": str(pretrained),
+                                           "random": ["random_init(seed=1000)", "random_init(seed=1001)"]}
+    assert len(data["metadata"]["policy_sha256"]) == 64
 
 
 def test_cli_rejects_bad_input_before_simulating(tmp_path: Path) -> None:
     cli = load_cli()
     quadruped = save_checkpoint(tmp_path / "quadruped.pt", policy=random_init(10, 8, (4,)), robot="quadruped")
     cheetah = save_checkpoint(tmp_path / "cheetah.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)), robot="cheetah")
+    velocity = save_checkpoint(tmp_path / "velocity.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)), robot="cheetah",
+                               metadata={"family": "cheetah_velocity"})
+    terrain_pretrained = save_checkpoint(tmp_path / "terrain.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)),
+                                         robot="cheetah", metadata={"family": "cheetah_terrain"})
+    layout = observation_layout("cheetah")
+    layout["layout"] = [layout["layout"][1], layout["layout"][0], *layout["layout"][2:]]  # reordered
+    moved = save_checkpoint(tmp_path / "moved.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)), robot="cheetah",
+                            metadata={"family": "cheetah_velocity", "observation": layout})
     out = tmp_path / "eval"
     base = ["--out", str(out), "--quiet"]
     cases = [
@@ -171,11 +206,15 @@ def test_cli_rejects_bad_input_before_simulating(tmp_path: Path) -> None:
         (["--checkpoint", str(tmp_path / "missing.pt"), "--family", "cheetah_velocity"], "checkpoint"),
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--steps", "-1"], "steps"),
         (["--checkpoint", str(cheetah)], "family"),
-        (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--baselines", "pretrained"], "pretrained"),
+        (["--checkpoint", str(cheetah), "--terrains", "flat:0", "--baselines", "pretrained"], "pretrained"),
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--baselines", "random,oracle"], "baselines"),
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--pretrained", str(quadruped),
           "--baselines", "pretrained"], "quadruped"),
         (["--checkpoint", str(cheetah), "--terrains", "lava:0.3"], "terrain.kind"),
+        (["--checkpoint", str(velocity), "--family", "cheetah_terrain"], "trained on 'cheetah_velocity'"),
+        (["--checkpoint", str(velocity), "--terrains", "gaps:0.5"], "terrains: the checkpoint was trained on"),
+        (["--checkpoint", str(velocity), "--pretrained", str(terrain_pretrained)], "pretrained: trained on"),
+        (["--checkpoint", str(moved)], r"observation \[qpos_rest:7, root_height:1"),
     ]
     for argv, match in cases:
         with pytest.raises(ValueError, match=match):
