@@ -149,6 +149,7 @@ class Sampler:
         probe = self._envs([1])[0]
         self.obs_dim = probe.observation_space.shape[0]
         self.act_dim = probe.action_space.shape[0]
+        self.dt = float(probe.dt)  # seconds per env step
         self.env_steps = 0  # total env steps sampled so far (for steps/s figures)
         # Where sampling time went, summed over calls (shards running side by side count once:
         # their times are averaged).

@@ -25,18 +25,17 @@ from pathlib import Path
 
 import torch
 
+from agents.meta.adaptation_report import write_all
 from agents.meta.evaluation import (
     AdaptationConfig,
     compare,
-    infer_height_scan,
     parse_terrain_tasks,
     random_init,
     task_seed_for,
-    write_all,
 )
 from agents.runs.checkpoint import load_checkpoint, policy_sha256
-from agents.runs.layout import check_layout
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
+from agents.runs.layout import check_layout
 from agents.runs.ray_backend import BACKENDS, check_backend
 from envs.tasks import SPLITS, TaskDistribution, get_family
 
@@ -167,8 +166,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             sampler.close()
     sources = {"maml": str(args.checkpoint), "random": [f"random_init(seed={args.random_seed + s})" for s in seeds],
                "pretrained": str(pretrained_path)}
+    budgets = {"maml": (maml.iteration, maml.metadata.get("budget"))}
+    if "pretrained" in methods:
+        budgets["pretrained"] = (checkpoint.iteration, checkpoint.metadata.get("budget"))
     metadata = {"sources": {name: sources[name] for name in methods},
-                "policy_sha256": policy_sha256(maml.policy),
+                "training": {name: {"iterations": iterations, "budget": budget}
+                             for name, (iterations, budget) in budgets.items()},
+                "policy_sha256": {name: policy_sha256(policy) for name, policy in methods.items()
+                                  if isinstance(policy, torch.nn.Module)},
                 "family": family.name if family else None,
                 "split": None if args.terrains else args.split, "task_seed": args.task_seed,
                 "height_scan": height_scan, "argv": list(argv) if argv is not None else sys.argv[1:]}

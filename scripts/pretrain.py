@@ -17,6 +17,7 @@ from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
 from agents.runs.config import config_from_dict, config_to_dict
 from agents.runs.rundir import load_yaml, prepare_run_dir
 
+
 def main() -> None:
     """Parse arguments, validate the config, prepare the run directory, pretrain."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

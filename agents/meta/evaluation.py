@@ -24,13 +24,9 @@ indistinguishable from zero.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +35,6 @@ from tqdm import tqdm
 
 from agents.meta.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
-from agents.runs.atomic import PathLike, atomic_write_bytes, atomic_write_text
 from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
 from envs.tasks import Goal, Task, Terrain
@@ -155,7 +150,8 @@ def task_seed_for(task_seed: int, seed: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _step_label(step: int) -> str:
+def step_label(step: int) -> str:
+    """"before" for step 0, else "k step(s)"."""
     return "before" if step == 0 else f"{step} step" + ("s" if step > 1 else "")
 
 
@@ -169,12 +165,14 @@ class AdaptationResult:
         config: the evaluation settings.
         returns: method -> `[seed, task, step]` array of mean undiscounted episode returns; step 0 is
             before adaptation, step j after j inner steps (shape `[len(seeds), n_tasks, steps + 1]`).
+        speeds: method -> the same shape: mean speed along the goal's heading (distance / duration, m/s).
     """
 
     robot: str
     tasks: list[list[Task]]
     config: AdaptationConfig
     returns: dict[str, np.ndarray] = field(default_factory=dict)
+    speeds: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -197,10 +195,10 @@ class AdaptationResult:
         return len(self.tasks[0])
 
     def records(self) -> list[dict[str, Any]]:
-        """Tidy rows: method, seed, task (index within the seed), task_label, step, return."""
+        """Tidy rows: method, seed, task (index within the seed), task_label, step, return, speed."""
         return [
             {"method": method, "seed": seed, "task": t, "task_label": task.describe(), "step": j,
-             "return": float(values[s, t, j])}
+             "return": float(values[s, t, j]), "speed": float(self.speeds[method][s, t, j])}
             for method, values in self.returns.items()
             for s, seed in enumerate(self.seeds)
             for t, task in enumerate(self.tasks[s])
@@ -258,11 +256,37 @@ class AdaptationResult:
             for j in range(self.steps + 1)
         ]
 
+    def targets(self) -> np.ndarray | None:
+        """`[seed, task]` target speeds, or None unless every task tracks a target velocity."""
+        targets = [[task.goal.target_velocity for task in seed_tasks] for seed_tasks in self.tasks]
+        if any(v is None for row in targets for v in row):
+            return None
+        return np.array(targets, dtype=np.float64)
+
+    def tracking(self) -> list[dict[str, Any]]:
+        """Velocity tasks only: per method and step, the mean |speed - target| (m/s) with its interval,
+        and the mean speed reached in each quarter of the targets' range (where a ceiling shows)."""
+        targets = self.targets()
+        if targets is None:
+            return []
+        edges = np.linspace(targets.min(), targets.max(), 5)
+        bins = np.clip(np.searchsorted(edges, targets, side="right") - 1, 0, 3)
+        rows = []
+        for method, speeds in self.speeds.items():
+            for j in range(self.steps + 1):
+                by_bin = [{"targets": [float(edges[b]), float(edges[b + 1])],
+                           "mean_target": float(targets[bins == b].mean()),
+                           "mean_speed": float(speeds[:, :, j][bins == b].mean()), "n": int((bins == b).sum())}
+                          for b in range(4) if (bins == b).any()]
+                rows.append({"method": method, "step": j, **self._interval(np.abs(speeds[:, :, j] - targets), "mean"),
+                             "by_target": by_bin})
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: robot, config, tasks per seed, every statistic and the tidy records (NaN as null)."""
         config = asdict(self.config)
         config["seeds"] = list(config["seeds"])
-        return _nan_to_none({
+        return nan_to_none({
             "robot": self.robot,
             "config": config,
             "intervals": (f"{self.config.confidence:.0%} stratified bootstrap ({self.config.bootstrap_reps} "
@@ -273,17 +297,19 @@ class AdaptationResult:
             "summary": self.summary(),
             "gains": self.gains(),
             "versus": self.versus(),
+            "tracking": self.tracking(),
             "records": self.records(),
         })
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """`value` with every non-finite float (nested in dicts, lists, tuples) replaced by None (JSON null)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return value
 
 
@@ -317,14 +343,16 @@ def _per_seed_tasks(tasks: Sequence[Task] | Sequence[Sequence[Task]], n_seeds: i
 
 
 def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
-                      seed: int, bar: tqdm) -> np.ndarray:
-    """`[task, step]` mean returns of one seed: roll out, adapt on those episodes, repeat."""
+                      seed: int, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+    """`[task, step]` mean returns and mean speeds of one seed: roll out, adapt on those episodes, repeat."""
     own: Params = {name: p.detach() for name, p in policy.named_parameters()}
     params = [own] * len(tasks)
     curve = np.zeros((len(tasks), config.steps + 1))
+    speeds = np.zeros_like(curve)
     for step in range(config.steps + 1):
         episodes = sampler.sample(policy, tasks, config.episodes_per_task, params=params, seed=step_seed(seed, step))
         curve[:, step] = [float(e.total_returns().mean()) for e in episodes]
+        speeds[:, step] = [float((e.info["distance"] / (e.mask.sum(0) * sampler.dt)).mean()) for e in episodes]
         if step < config.steps:
             params = [
                 {name: p.detach() for name, p in adapt(policy, task_params, task_episodes, config.inner_lr,
@@ -334,7 +362,7 @@ def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequen
                 for task_params, task_episodes in zip(params, episodes, strict=True)
             ]
         bar.update(1)
-    return curve
+    return curve, speeds
 
 
 def compare(
@@ -388,10 +416,10 @@ def compare(
         with tqdm(total=total, disable=not progress, desc="evaluate adaptation", unit="rollout") as bar:
             for name, per_seed in policies.items():
                 bar.set_postfix(method=name)
-                result.returns[name] = np.stack([
-                    _adaptation_curve(policy, sampler, seed_tasks, config, seed, bar)
-                    for policy, seed_tasks, seed in zip(per_seed, per_seed_tasks, config.seeds, strict=True)
-                ])
+                curves = [_adaptation_curve(policy, sampler, seed_tasks, config, seed, bar)
+                          for policy, seed_tasks, seed in zip(per_seed, per_seed_tasks, config.seeds, strict=True)]
+                result.returns[name] = np.stack([returns for returns, _ in curves])
+                result.speeds[name] = np.stack([speeds for _, speeds in curves])
     finally:
         if own_sampler:
             sampler.close()
@@ -409,145 +437,3 @@ def evaluate_adaptation(
 ) -> AdaptationResult:
     """Evaluate one initialisation: `compare({name: policy}, ...)`."""
     return compare({name: policy}, tasks, robot, config, height_scan, progress)
-
-
-# ----------------------------------------------------------------------------------------------
-# Tables and figures (rendered from the JSON dict, so a README can be regenerated from the file)
-# ----------------------------------------------------------------------------------------------
-
-
-def _interval_cell(row: Mapping[str, Any], key: str, precision: int, signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
-    cell = f"{row[key]:{sign}.{precision}f}"
-    if low is not None and high is not None:
-        cell += f" [{low:{sign}.{precision}f}, {high:{sign}.{precision}f}]"
-    return cell
-
-
-def _verdict(row: Mapping[str, Any]) -> str:
-    return "distinguishable from zero" if row["distinguishable"] else "indistinguishable from zero"
-
-
-def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str = "####") -> str:
-    """Markdown tables of an evaluation's JSON (`AdaptationResult.to_dict()`): returns, gains, versus.
-
-    States the tasks, seeds, episodes and budget, and for every gain whether it is distinguishable
-    from zero.
-    """
-    config, methods = data["config"], data["methods"]
-    steps = range(config["steps"] + 1)
-    by_key = {(row["method"], row["step"]): row for row in data["summary"]}
-    n_seeds, per_seed = len(config["seeds"]), data["tasks_per_seed"]
-    lines = [
-        f"{per_seed * n_seeds} held-out tasks ({per_seed} per seed, seeds {', '.join(map(str, config['seeds']))}), "
-        f"{config['episodes_per_task']} episodes per task and step, {config['steps']} inner policy-gradient "
-        f"step(s) of lr {config['inner_lr']:g} on those episodes, horizon {config['horizon']} "
-        f"({robot_steps(data)} env steps per method). Intervals: {data['intervals']}.",
-        "",
-        f"{heading} Mean return [95 % interval]; IQM in the second line",
-        "",
-        "| method | " + " | ".join(_step_label(j) for j in steps) + " |",
-        "|---|" + "---:|" * len(steps),
-    ]
-    for method in methods:
-        lines.append(f"| {method} | " + " | ".join(_interval_cell(by_key[(method, j)], "mean", precision)
-                                                   for j in steps) + " |")
-        lines.append(f"| {method} (IQM) | " + " | ".join(_interval_cell(by_key[(method, j)], "iqm", precision)
-                                                         for j in steps) + " |")
-    if config["steps"] > 0:
-        lines += ["", f"{heading} Gain over before adaptation (paired by task)", "",
-                  "| method | after | gain [95 % interval] | P(improvement) | verdict |", "|---|---|---:|---:|---|"]
-        for row in data["gains"]:
-            lines.append(f"| {row['method']} | {_step_label(row['step'])} | "
-                         f"{_interval_cell(row, 'mean', precision, signed=True)} | "
-                         f"{_interval_cell(row, 'p_improvement', 2)} | {_verdict(row)} |")
-    if data["versus"]:
-        first = methods[0]
-        lines += ["", f"{heading} {first} minus each baseline at the same step (paired by task)", "",
-                  "| baseline | step | difference [95 % interval] | P(" + first + " better) | verdict |",
-                  "|---|---|---:|---:|---|"]
-        for row in data["versus"]:
-            lines.append(f"| {row['other']} | {_step_label(row['step'])} | "
-                         f"{_interval_cell(row, 'mean', precision, signed=True)} | "
-                         f"{_interval_cell(row, 'p_improvement', 2)} | {_verdict(row)} |")
-    return "\n".join(lines) + "\n"
-
-
-def robot_steps(data: Mapping[str, Any]) -> int:
-    """Env steps one method's evaluation takes (tasks x seeds x episodes x horizon x rollouts)."""
-    config = data["config"]
-    return (data["tasks_per_seed"] * len(config["seeds"]) * config["episodes_per_task"] * config["horizon"]
-            * (config["steps"] + 1))
-
-
-def markdown_table(result: AdaptationResult, precision: int = 1) -> str:
-    """`markdown_from_dict(result.to_dict())`."""
-    return markdown_from_dict(result.to_dict(), precision)
-
-
-def write_csv(result: AdaptationResult, path: PathLike) -> Path:
-    """`result.summary()` and `result.gains()` rows as CSV (one `table` column says which), atomically."""
-    rows = [{"table": "return", **row} for row in result.summary()]
-    rows += [{"table": "gain", **row} for row in result.gains()]
-    fields: list[str] = []
-    for row in rows:
-        fields += [key for key in row if key not in fields]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
-    return atomic_write_text(path, buffer.getvalue())
-
-
-def write_markdown(result: AdaptationResult, path: PathLike, precision: int = 1) -> Path:
-    """`markdown_table(result)` to `path`, atomically."""
-    return atomic_write_text(path, markdown_table(result, precision))
-
-
-def write_json(result: AdaptationResult, path: PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
-    """`result.to_dict()` as JSON, atomically, with `metadata` (e.g. where each method came from) under "metadata"."""
-    data = result.to_dict()
-    if metadata is not None:
-        data["metadata"] = _nan_to_none(dict(metadata))
-    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def plot_adaptation(result: AdaptationResult, path: PathLike, title: str | None = None) -> Path:
-    """PNG of mean return vs inner steps, one line per method, bootstrap intervals as bands."""
-    from matplotlib.figure import Figure  # the Agg canvas, no pyplot or display; imported only when plotting
-
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    steps = np.arange(result.steps + 1)
-    rows = result.summary()
-    for method in result.methods:
-        mine = [r for r in rows if r["method"] == method]
-        (line,) = ax.plot(steps, [r["mean"] for r in mine], marker="o", label=method)
-        ax.fill_between(steps, [r["mean_low"] for r in mine], [r["mean_high"] for r in mine],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xticks(steps)
-    ax.set_xlabel("inner policy-gradient steps")
-    ax.set_ylabel("mean return")
-    confidence = f"{result.config.confidence:.0%}"
-    n_tasks = result.tasks_per_seed * len(result.seeds)
-    ax.set_title(title or f"Adaptation on {n_tasks} tasks ({result.robot}; {confidence} bootstrap interval over "
-                          f"tasks and {len(result.seeds)} seeds)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_all(result: AdaptationResult, out_dir: PathLike, title: str | None = None,
-              metadata: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """table.csv, table.md, adaptation.png and results.json (with `metadata`) in `out_dir`; returns name -> path."""
-    out = Path(out_dir)
-    return {
-        "table.csv": write_csv(result, out / "table.csv"),
-        "table.md": write_markdown(result, out / "table.md"),
-        "adaptation.png": plot_adaptation(result, out / "adaptation.png", title),
-        "results.json": write_json(result, out / "results.json", metadata),
-    }

@@ -57,22 +57,57 @@ def detach_distribution(dist: Independent) -> Independent:
     return Independent(Normal(base.loc.detach(), base.scale.detach()), dist.reinterpreted_batch_ndims)
 
 
+#: inner-loop surrogates (`surrogate_weights`): "score" (REINFORCE), "dice" (Loaded DiCE, unbiased second order)
+INNER_ESTIMATORS = ("score", "dice")
+
+
+def magic_box(x: torch.Tensor) -> torch.Tensor:
+    """DiCE's magic box: `exp(x - stop_gradient(x))`, equal to 1 with the derivatives of `exp(x)`."""
+    return torch.exp(x - x.detach())
+
+
+def surrogate_weights(log_probs: torch.Tensor, mask: torch.Tensor, estimator: str = "score") -> torch.Tensor:
+    """Per-step weights `w_t` whose mean of `w_t * advantage_t` is the inner policy-gradient surrogate.
+
+    Time is the second-to-last axis (`[T, B]` or `[N, T, B]`). Both estimators have the same first
+    derivative, `grad log pi_t` per step, so the adapted parameters are the same; they differ in the
+    second derivative, which MAML's meta-gradient differentiates through:
+
+    - "score": `w_t = log pi_t`. Its Hessian, `sum_t A_t hess log pi_t`, treats the sampled episodes
+      as fixed and misses how their distribution depends on the parameters, so the meta-gradient
+      is biased (Rothfuss et al. 2019, ProMP, sec. 4; Foerster et al. 2018, DiCE).
+    - "dice": `w_t = box(W_t) - box(W_{t-1})` with `W_t = sum_{t' <= t} log pi_t'` and `box` the
+      magic box (Loaded DiCE, Farquhar et al. 2019). Value 0; its expected Hessian is the Hessian
+      of the expected return, including the score-function terms `grad W_t grad W_t^T`.
+    """
+    if estimator == "score":
+        return log_probs
+    if estimator != "dice":
+        raise ValueError(f"inner_estimator must be one of {list(INNER_ESTIMATORS)}, got {estimator!r}")
+    cumulative = torch.cumsum(log_probs * mask.to(log_probs.dtype), dim=-2)
+    previous = torch.cat([torch.zeros_like(cumulative[..., :1, :]), cumulative[..., :-1, :]], dim=-2)
+    return magic_box(cumulative) - magic_box(previous)
+
+
 def inner_loss(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
     episodes: Episodes,
     advantages: torch.Tensor,
+    estimator: str = "score",
 ) -> torch.Tensor:
-    """Vanilla policy-gradient surrogate `-mean_real_steps(log pi(a|s; params) * advantage)`.
+    """Vanilla policy-gradient surrogate `-mean_real_steps(w_t * advantage_t)` (`surrogate_weights`).
 
     Args:
         policy: the policy architecture.
         params: parameters to evaluate it with.
         episodes: one task's episodes.
         advantages: `[T, B]` advantages (treated as constants).
+        estimator: "score" (`w_t = log pi_t`) or "dice" (same gradient, unbiased second derivative).
     """
     log_probs = policy(episodes.observations, params).log_prob(episodes.actions)
-    return -masked_mean(log_probs * advantages.detach(), episodes.mask)
+    weights = surrogate_weights(log_probs, episodes.mask, estimator)
+    return -masked_mean(weights * advantages.detach(), episodes.mask)
 
 
 def adapt(
@@ -85,6 +120,7 @@ def adapt(
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
     normalize_advantages: bool = True,
+    estimator: str = "score",
 ) -> Params:
     """One inner SGD step: `params - inner_lr * grad(inner_loss(params))`.
 
@@ -105,12 +141,13 @@ def adapt(
         gamma: discount factor for the advantages.
         gae_lambda: GAE lambda for the advantages.
         normalize_advantages: standardise the advantages over real steps.
+        estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
     """
     if advantages is None:
         advantages = baseline_advantages(episodes, gamma, gae_lambda, normalize_advantages)
     with torch.enable_grad():
         inputs = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
-        loss = inner_loss(policy, inputs, episodes, advantages)
+        loss = inner_loss(policy, inputs, episodes, advantages, estimator)
         grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=not first_order, allow_unused=True)
         return {name: p if g is None else p - inner_lr * g for (name, p), g in zip(inputs.items(), grads, strict=True)}
 
@@ -126,6 +163,7 @@ def adapt_k_steps(
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
     normalize_advantages: bool = True,
+    estimator: str = "score",
 ) -> Params:
     """`num_steps` successive `adapt()` steps; the episodes of each step depend on `episodes`.
 
@@ -167,6 +205,7 @@ def adapt_k_steps(
             gamma,
             gae_lambda,
             normalize_advantages,
+            estimator,
         )
     return current
 
@@ -194,6 +233,7 @@ def adapt_tasks(
     inner_lr: float,
     num_steps: int = 1,
     first_order: bool = False,
+    estimator: str = "score",
 ) -> Params:
     """`num_steps` inner SGD steps for every task at once: task i's parameters (`[N, ...]`).
 
@@ -212,6 +252,7 @@ def adapt_tasks(
         inner_lr: SGD step size.
         num_steps: inner steps.
         first_order: drop the second-order terms of the meta-gradient.
+        estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
     """
     sets = [episodes] if isinstance(episodes, Episodes) else list(episodes)
     set_advantages = [advantages] if isinstance(advantages, torch.Tensor) else list(advantages)
@@ -228,7 +269,8 @@ def adapt_tasks(
         for k in range(num_steps):
             step_episodes, step_advantages = sets[k % len(sets)], set_advantages[k % len(sets)]
             log_probs = task_distribution(policy, current, step_episodes.observations).log_prob(step_episodes.actions)
-            loss = -task_means(log_probs * step_advantages.detach(), step_episodes.mask).sum()
+            weights = surrogate_weights(log_probs, step_episodes.mask, estimator)
+            loss = -task_means(weights * step_advantages.detach(), step_episodes.mask).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=not first_order, allow_unused=True)
             current = {name: p if g is None else p - inner_lr * g
                        for (name, p), g in zip(current.items(), grads, strict=True)}
@@ -260,6 +302,7 @@ def outer_objective(
     num_steps: int = 1,
     first_order: bool = False,
     old_distribution: Independent | None = None,
+    estimator: str = "score",
 ) -> OuterResult:
     """MAML's outer loss for all tasks at once: adapt `params` on each task's train episodes,
     evaluate on its valid ones.
@@ -278,8 +321,10 @@ def outer_objective(
         num_steps: inner steps, all on the task's train episodes.
         first_order: FOMAML adaptation (no second-order terms).
         old_distribution: the sampling policies on the valid observations.
+        estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
     """
-    adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order)
+    adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order,
+                          estimator)
     valid = tasks.valid
     dist = task_distribution(policy, adapted, valid.observations)
     old = detach_distribution(dist) if old_distribution is None else old_distribution
@@ -297,6 +342,7 @@ def outer_objective_per_task(
     num_steps: int = 1,
     first_order: bool = False,
     old_distribution: Independent | None = None,
+    estimator: str = "score",
 ) -> OuterResult:
     """`outer_objective` computed task by task in a Python loop: the reference that the batched
     objective is tested and benchmarked against (`MAMLConfig.reference_update=True`). Same arguments."""
@@ -304,9 +350,11 @@ def outer_objective_per_task(
     for i in range(tasks.num_tasks):
         train, valid, train_advantages, valid_advantages = tasks.task(i)
         if len(train) == 1:
-            adapted = adapt_k_steps(policy, params, train[0], inner_lr, num_steps, first_order, train_advantages[0])
+            adapted = adapt_k_steps(policy, params, train[0], inner_lr, num_steps, first_order, train_advantages[0],
+                                    estimator=estimator)
         else:
-            adapted = adapt_k_steps(policy, params, train, inner_lr, num_steps, first_order, train_advantages)
+            adapted = adapt_k_steps(policy, params, train, inner_lr, num_steps, first_order, train_advantages,
+                                    estimator=estimator)
         dist = policy(valid.observations, adapted)
         old = detach_distribution(dist) if old_distribution is None else _distribution_at(old_distribution, i)
         ratio = torch.exp(dist.log_prob(valid.actions) - old.log_prob(valid.actions).detach())
@@ -327,6 +375,7 @@ def kl_curvature_outputs(
     inner_lr: float,
     num_steps: int = 1,
     first_order: bool = False,
+    estimator: str = "score",
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The adapted policies' outputs on the valid observations with the outer KL's curvature in them.
 
@@ -336,7 +385,8 @@ def kl_curvature_outputs(
     task's mean and by 1/N. So `J^T M J` with these is the Hessian of `outer_objective(...).kl`
     at the old policy (its Fisher through the adaptation), without a double backward through it.
     """
-    adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order)
+    adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order,
+                          estimator)
     mean = vmap(policy.mean)(tasks.valid.observations, adapted)
     std = vmap(policy.std)(adapted)
     mask = tasks.valid.mask.to(mean.dtype)
@@ -372,6 +422,7 @@ class MAMLConfig:
     normalize_advantages: bool = True  # standardise advantages over real steps
     fisher_every: int = 1  # Fisher-vector products on every k-th step (1: all); the line search sees all
     reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
+    inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
 
     def __post_init__(self) -> None:
         positive = ("inner_lr", "max_kl", "outer_lr")
@@ -383,6 +434,8 @@ class MAMLConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        if self.inner_estimator not in INNER_ESTIMATORS:
+            raise ValueError(f"inner_estimator must be one of {list(INNER_ESTIMATORS)}, got {self.inner_estimator!r}")
         if self.outer_optimizer not in ("trpo", "adam"):
             raise ValueError(f"outer_optimizer must be 'trpo' or 'adam', got {self.outer_optimizer!r}")
         if not self.cg_damping >= 0:
@@ -469,7 +522,8 @@ class MAMLTRPO:
     ) -> OuterResult:
         cfg = self.config
         objective = outer_objective_per_task if cfg.reference_update else outer_objective
-        return objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old)
+        return objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old,
+                         cfg.inner_estimator)
 
     def step(self, tasks: Sequence[tuple[Episodes | Sequence[Episodes], Episodes]]) -> MetaStepRecord:
         """One meta-update on `(train_episodes, valid_episodes)` pairs, one pair per task; the train
@@ -547,7 +601,7 @@ class MAMLTRPO:
         else:
             fvp = gauss_newton_vector_product(
                 lambda p: kl_curvature_outputs(self.policy, p, fisher_data, cfg.inner_lr, cfg.num_inner_steps,
-                                               cfg.first_order),
+                                               cfg.first_order, cfg.inner_estimator),
                 params,
                 cfg.cg_damping,
             )

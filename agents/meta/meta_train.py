@@ -46,6 +46,7 @@ class MetaTrainConfig:
     inner_lr: float = 0.1  # inner SGD step size
     num_inner_steps: int = 1  # inner adaptation steps, each on fresh episodes of the previous step's parameters
     first_order: bool = False  # first-order MAML (no second-order terms)
+    inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
     outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update
     max_kl: float = 0.01  # TRPO trust region
     cg_damping: float = 1e-5  # Fisher damping in conjugate gradient
@@ -73,7 +74,8 @@ class MetaTrainConfig:
     def maml_config(self) -> MAMLConfig:
         """The learner's hyper-parameters."""
         return MAMLConfig(inner_lr=self.inner_lr, num_inner_steps=self.num_inner_steps,
-                          first_order=self.first_order, outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
+                          first_order=self.first_order, inner_estimator=self.inner_estimator,
+                          outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
                           cg_damping=self.cg_damping, fisher_every=self.fisher_every, outer_lr=self.outer_lr,
                           gamma=self.gamma, gae_lambda=self.gae_lambda)
 

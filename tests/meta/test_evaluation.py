@@ -6,22 +6,19 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from agents.meta.adaptation_report import markdown_from_dict, markdown_table, write_all
 from agents.meta.evaluation import (
     AdaptationConfig,
     compare,
     evaluate_adaptation,
-    markdown_table,
     parse_terrain_tasks,
     random_init,
-    markdown_from_dict,
     step_seed,
-    write_all,
 )
 from agents.runs.checkpoint import save_checkpoint
 from agents.runs.layout import observation_layout
@@ -59,7 +56,8 @@ def test_shapes_and_tidy_records(result) -> None:
         assert np.isfinite(values).all()
     records = result.records()
     assert len(records) == 2 * len(CONFIG.seeds) * len(TASKS) * (CONFIG.steps + 1)
-    assert set(records[0]) == {"method", "seed", "task", "task_label", "step", "return"}
+    assert set(records[0]) == {"method", "seed", "task", "task_label", "step", "return", "speed"}
+    assert result.tracking()  # velocity tasks: speed errors per method and step
     assert len(result.summary()) == 2 * (CONFIG.steps + 1)
     assert len(result.gains()) == 2 * CONFIG.steps
     assert len(result.versus()) == CONFIG.steps + 1
@@ -183,7 +181,7 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert data["tasks"][0] != data["tasks"][1]  # each seed draws its own tasks
     assert data["metadata"]["sources"] == {"maml": str(checkpoint), "pretrained": str(pretrained),
                                            "random": ["random_init(seed=1000)", "random_init(seed=1001)"]}
-    assert len(data["metadata"]["policy_sha256"]) == 64
+    assert set(data["metadata"]["policy_sha256"]) == {"maml", "pretrained"}
 
 
 def test_cli_rejects_bad_input_before_simulating(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from agents.meta.maml import (
     masked_mean,
     outer_objective,
     outer_objective_per_task,
+    surrogate_weights,
 )
 from agents.meta.returns import baseline_advantages
 from agents.meta.task_batch import prepare_tasks
@@ -234,7 +235,8 @@ def test_mamltrpo_other_modes_update_the_policy(optimizer: str, first_order: boo
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("inner_lr", 0.0), ("max_kl", -1.0), ("outer_optimizer", "sgd"), ("num_inner_steps", 0)],
+    [("inner_lr", 0.0), ("max_kl", -1.0), ("outer_optimizer", "sgd"), ("num_inner_steps", 0),
+     ("inner_estimator", "lvc")],
 )
 def test_config_rejects_invalid_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -387,3 +389,62 @@ def test_every_inner_step_adapts_on_its_own_episodes() -> None:
         assert not torch.equal(one[i]["mean_net.0.weight"], two[i]["mean_net.0.weight"])
     with pytest.raises(ValueError, match="episode sets"):
         adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 3)
+
+
+def bandit_surrogate_hessian(estimator: str, theta: float = 0.5, sigma: float = 1.0, samples: int = 200_000
+                             ) -> float:
+    """d^2/dtheta^2 of the inner surrogate, averaged over sampled two-step episodes of a toy problem.
+
+    a_t ~ N(theta, sigma^2) for t = 0, 1; rewards r_0 = -a_0^2, r_1 = -(a_0 + a_1)^2; advantages are
+    the returns to go (no baseline). The expected return is J = -5 theta^2 - 3 sigma^2, so its
+    Hessian is -10: an unbiased second-order estimator must average to it.
+    """
+    gen = torch.Generator().manual_seed(0)
+    actions = theta + sigma * torch.randn(2, samples, generator=gen, dtype=torch.float64)
+    rewards = torch.stack([-actions[0] ** 2, -(actions[0] + actions[1]) ** 2])
+    returns_to_go = torch.flip(torch.cumsum(torch.flip(rewards, [0]), 0), [0])
+    mask = torch.ones(2, samples, dtype=torch.float64)
+    param = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    log_probs = Normal(param, sigma).log_prob(actions)
+    surrogate = (surrogate_weights(log_probs, mask, estimator) * returns_to_go).sum(0).mean()
+    (grad,) = torch.autograd.grad(surrogate, param, create_graph=True)
+    (hessian,) = torch.autograd.grad(grad, param)
+    return float(hessian)
+
+
+def test_dice_second_derivative_is_the_hessian_of_the_expected_return() -> None:
+    assert bandit_surrogate_hessian("dice") == pytest.approx(-10.0, abs=0.5)
+    # The score-function surrogate treats the episodes as fixed: its second derivative averages
+    # to E[sum_t A_t hess log pi_t] = (9 theta^2 + 5 sigma^2) / sigma^2 = 7.25, not -10.
+    assert bandit_surrogate_hessian("score") == pytest.approx(7.25, abs=0.5)
+
+
+def test_dice_adapts_like_the_score_surrogate_but_changes_the_meta_gradient() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy, goals=(1.0, -1.0, 0.5)))
+    params = policy.parameters_dict()
+    score = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 2, estimator="score")
+    dice = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 2, estimator="dice")
+    for name in params:
+        torch.testing.assert_close(dice[name], score[name], rtol=1e-12, atol=1e-12)
+    gradients = {}
+    for estimator in ("score", "dice"):
+        theta = {k: v.detach().clone().requires_grad_(True) for k, v in policy.named_parameters()}
+        batched = outer_objective(policy, theta, tasks, INNER_LR, 2, estimator=estimator).loss
+        grad = flatten_params(dict(zip(theta, torch.autograd.grad(batched, list(theta.values())), strict=True)))
+        per_task = outer_objective_per_task(policy, theta, tasks, INNER_LR, 2, estimator=estimator).loss
+        reference = flatten_params(dict(zip(theta, torch.autograd.grad(per_task, list(theta.values())),
+                                            strict=True)))
+        torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
+        gradients[estimator] = grad
+    assert float((gradients["dice"] - gradients["score"]).norm()) > 1e-3 * float(gradients["score"].norm())
+
+
+def test_dice_ignores_padding_after_an_episode_ends() -> None:
+    log_probs = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    weights = surrogate_weights(log_probs, mask, "dice")
+    (grad,) = torch.autograd.grad((weights * mask).sum(), log_probs)
+    torch.testing.assert_close(grad, mask)  # d/dlogpi_t of sum_t w_t = 1 on real steps, 0 on padding
+    with pytest.raises(ValueError, match="inner_estimator"):
+        surrogate_weights(log_probs, mask, "lvc")
