@@ -26,7 +26,7 @@ from agents.policy import GaussianMLPPolicy
 from agents.runs.checkpoint import load_checkpoint
 from agents.runs.config import config_to_dict
 from agents.runs.layout import observation_layout
-from agents.runs.provenance import spent_budget, training_metadata
+from agents.runs.provenance import provenance, spent_budget, training_metadata
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution, get_family
@@ -120,7 +120,7 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
     policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, config.hidden_sizes)
     learner = MAMLTRPO(policy, config.maml_config())
     start, wall_time_s, env_steps = 0, 0.0, 0
-    observation = observation_layout(family.robot, config.height_scan)
+    observation, code = observation_layout(family.robot, config.height_scan), provenance()
     resume_from = latest_checkpoint(run) if run.resumed else None
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
@@ -147,7 +147,7 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
         if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
             save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
                                  optimizer=learner.optimizer,
-                                 metadata=training_metadata("maml", config.family, config_to_dict(config),
+                                 metadata=training_metadata("maml", config.family, config_to_dict(config), code,
                                                             observation, wall_time_s, env_steps))
     writer.close()
     if own_sampler:

@@ -32,7 +32,7 @@ from agents.runs.atomic import PathLike
 from agents.runs.checkpoint import load_checkpoint, save_checkpoint
 from agents.runs.config import config_to_dict
 from agents.runs.layout import observation_layout
-from agents.runs.provenance import spent_budget, training_metadata
+from agents.runs.provenance import provenance, spent_budget, training_metadata
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution, get_family
@@ -175,12 +175,14 @@ def pretrain_iteration(policy: GaussianMLPPolicy, sampler: Sampler, config: Pret
     }
 
 
-def checkpoint_metadata(config: PretrainConfig, wall_time_s: float = 0.0, env_steps: int = 0) -> dict:
-    """The metadata saved with a pretrained checkpoint: kind "pretrained", family, config, code,
-    observation layout and the budget spent (`agents.runs.provenance.training_metadata`)."""
+def checkpoint_metadata(config: PretrainConfig, wall_time_s: float = 0.0, env_steps: int = 0,
+                        code: dict | None = None) -> dict:
+    """The metadata saved with a pretrained checkpoint: kind "pretrained", family, config, code
+    (`provenance()` at the run's start; now if None), observation layout and the budget spent
+    (`agents.runs.provenance.training_metadata`)."""
     observation = observation_layout(get_family(config.family).robot, config.height_scan)
-    return training_metadata(CHECKPOINT_KIND, config.family, config_to_dict(config), observation, wall_time_s,
-                             env_steps)
+    return training_metadata(CHECKPOINT_KIND, config.family, config_to_dict(config),
+                             provenance() if code is None else code, observation, wall_time_s, env_steps)
 
 
 def save_pretrained(path: PathLike, policy: GaussianMLPPolicy, config: PretrainConfig, iteration: int,
@@ -205,7 +207,7 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
     family = get_family(config.family)
     sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
     policy = random_init(sampler.obs_dim, sampler.act_dim, config.hidden_sizes, config.seed)
-    start, wall_time_s = 0, 0.0
+    start, wall_time_s, code = 0, 0.0, provenance()
     resume_from = latest_checkpoint(run) if run is not None and run.resumed else None
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
@@ -233,7 +235,7 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
                     writer.add_scalar(f"pretrain/{key}", value, iteration + 1)
             if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
                 save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
-                                     metadata=checkpoint_metadata(config, wall_time_s, sampler.env_steps))
+                                     metadata=checkpoint_metadata(config, wall_time_s, sampler.env_steps, code))
     finally:
         if writer is not None:
             writer.close()

@@ -34,12 +34,13 @@ def provenance() -> dict[str, str]:
     return {**versions, "git_commit": git_commit()}
 
 
-def training_metadata(kind: str, family: str, config: dict, observation: dict, wall_time_s: float,
+def training_metadata(kind: str, family: str, config: dict, code: dict, observation: dict, wall_time_s: float,
                       env_steps: int) -> dict:
-    """What a trained checkpoint records: how it was made (kind, family, config, code and libraries),
-    the observation it expects (`agents.runs.layout.observation_layout`) and the budget spent so far
+    """What a trained checkpoint records: how it was made (kind, family, config, and `code`: the
+    `provenance()` taken when the process started, since the files may change while it runs), the
+    observation it expects (`agents.runs.layout.observation_layout`) and the budget spent so far
     (wall time and env steps, summed over resumes)."""
-    return {"kind": kind, "family": family, "config": config, "provenance": provenance(),
+    return {"kind": kind, "family": family, "config": config, "provenance": code,
             "observation": observation,
             "budget": {"wall_time_s": round(float(wall_time_s), 1), "env_steps": int(env_steps)}}
 

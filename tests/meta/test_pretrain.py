@@ -95,6 +95,13 @@ def test_run_directory_checkpoint_metrics_and_exact_resume(tmp_path: Path) -> No
     for (name, p), q in zip(resumed.named_parameters(), straight.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert [r["step"] for r in MetricsLog(run.metrics, "pretrain").read()] == [1, 2, 3]
+    # Provenance, observation layout and the budget summed over the resume.
+    first, final = checkpoint.metadata, load_checkpoint(latest_checkpoint(run)).metadata
+    assert final["provenance"]["git_commit"] and final["observation"]["robot"] == "cheetah"
+    assert final["observation"]["obs_dim"] == checkpoint.obs_dim
+    assert final["budget"]["env_steps"] == 3 * TINY["tasks_per_iteration"] * TINY["episodes_per_task"] * TINY["horizon"]
+    assert final["budget"]["env_steps"] > first["budget"]["env_steps"] > 0
+    assert final["budget"]["wall_time_s"] >= first["budget"]["wall_time_s"]
 
     path = save_pretrained(tmp_path / "pretrained.pt", straight, longer, longer.iterations)
     loaded = load_checkpoint(path, expected_robot="cheetah")
