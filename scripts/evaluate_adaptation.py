@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cross-family", action="store_true",
                         help="allow evaluating a checkpoint on a family (or terrains) it was not trained for")
     parser.add_argument("--steps", type=int, default=3, help="k, inner policy-gradient steps")
-    parser.add_argument("--inner-lr", type=float, default=0.1, help="inner SGD step size")
+    parser.add_argument("--inner-lr", type=float, default=0.1,
+                        help="inner SGD step size (a Meta-SGD checkpoint adapts with its learned ones)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per task and step")
     parser.add_argument("--horizon", type=int, default=200, help="steps per episode")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -159,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
         sampler = RaySampler(robot, config.horizon, height_scan=height_scan, address=args.ray_address)
     try:
+        learned = {"maml": maml.extra_state["inner_lrs"]} if "inner_lrs" in maml.extra_state else None
         result = compare(methods, tasks, robot, config, height_scan=height_scan, progress=not args.quiet,
-                         sampler=sampler)
+                         sampler=sampler, inner_lrs=learned)
     finally:
         if sampler is not None:
             sampler.close()

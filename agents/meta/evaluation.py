@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.meta.maml import adapt
+from agents.meta.maml import InnerLR, adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
@@ -343,7 +343,7 @@ def _per_seed_tasks(tasks: Sequence[Task] | Sequence[Sequence[Task]], n_seeds: i
 
 
 def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
-                      seed: int, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+                      seed: int, bar: tqdm, inner_lr: InnerLR) -> tuple[np.ndarray, np.ndarray]:
     """`[task, step]` mean returns and mean speeds of one seed: roll out, adapt on those episodes, repeat."""
     own: Params = {name: p.detach() for name, p in policy.named_parameters()}
     params = [own] * len(tasks)
@@ -355,7 +355,7 @@ def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequen
         speeds[:, step] = [float((e.info["distance"] / (e.mask.sum(0) * sampler.dt)).mean()) for e in episodes]
         if step < config.steps:
             params = [
-                {name: p.detach() for name, p in adapt(policy, task_params, task_episodes, config.inner_lr,
+                {name: p.detach() for name, p in adapt(policy, task_params, task_episodes, inner_lr,
                                                        first_order=True, gamma=config.gamma,
                                                        gae_lambda=config.gae_lambda,
                                                        normalize_advantages=config.normalize_advantages).items()}
@@ -373,6 +373,7 @@ def compare(
     height_scan: bool = False,
     progress: bool = False,
     sampler: Sampler | None = None,
+    inner_lrs: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> AdaptationResult:
     """Evaluate several initialisations on the same tasks and seeds (see the module docstring).
 
@@ -387,6 +388,8 @@ def compare(
         progress: show a progress bar.
         sampler: where episodes come from (e.g. `agents.runs.ray_sampler.RaySampler`, of this robot,
             horizon and height scan; the caller closes it); default a local `Sampler`.
+        inner_lrs: method name -> its learned per-parameter step sizes (Meta-SGD: a checkpoint's
+            `extra_state["inner_lrs"]`), used instead of `config.inner_lr` for that method.
 
     Every input is checked (names, policy dimensions against the robot's spaces) before anything
     is simulated; a bad one is a ValueError naming it.
@@ -411,12 +414,20 @@ def compare(
             policies[name] = _per_seed(name, given, len(config.seeds))
             for policy in policies[name]:
                 _check_policy(name, policy, sampler)
+        inner_lrs = dict(inner_lrs or {})
+        for name, lrs in inner_lrs.items():
+            if name not in policies:
+                raise ValueError(f"inner_lrs: {name!r} is not a method ({sorted(policies)})")
+            expected = {n: tuple(p.shape) for n, p in policies[name][0].named_parameters()}
+            if {n: tuple(t.shape) for n, t in lrs.items()} != expected:
+                raise ValueError(f"inner_lrs[{name!r}]: need one step-size tensor per parameter of its policy")
         result = AdaptationResult(robot, per_seed_tasks, config)
         total = len(methods) * len(config.seeds) * (config.steps + 1)
         with tqdm(total=total, disable=not progress, desc="evaluate adaptation", unit="rollout") as bar:
             for name, per_seed in policies.items():
                 bar.set_postfix(method=name)
-                curves = [_adaptation_curve(policy, sampler, seed_tasks, config, seed, bar)
+                step_sizes = inner_lrs.get(name, config.inner_lr)
+                curves = [_adaptation_curve(policy, sampler, seed_tasks, config, seed, bar, step_sizes)
                           for policy, seed_tasks, seed in zip(per_seed, per_seed_tasks, config.seeds, strict=True)]
                 result.returns[name] = np.stack([returns for returns, _ in curves])
                 result.speeds[name] = np.stack([speeds for _, speeds in curves])

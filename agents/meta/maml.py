@@ -89,6 +89,25 @@ def surrogate_weights(log_probs: torch.Tensor, mask: torch.Tensor, estimator: st
     return magic_box(cumulative) - magic_box(previous)
 
 
+#: an inner step size: one for every parameter, or one tensor per parameter name (Meta-SGD)
+InnerLR = float | Mapping[str, torch.Tensor]
+#: prefix of the learned step sizes' names when they travel with the meta-parameters (Meta-SGD)
+LR_PREFIX = "inner_lr."
+
+
+def step_size(inner_lr: InnerLR, name: str) -> float | torch.Tensor:
+    """The inner step size of parameter `name`: the number, or its own tensor (Meta-SGD)."""
+    return inner_lr[name] if isinstance(inner_lr, Mapping) else inner_lr
+
+
+def split_inner_lrs(params: Mapping[str, torch.Tensor], inner_lr: InnerLR) -> tuple[Params, InnerLR]:
+    """(policy parameters, step sizes): learned step sizes travel in `params` under `LR_PREFIX`
+    (so the outer update differentiates and steps them with the rest); without them, `inner_lr`."""
+    lrs = {name[len(LR_PREFIX):]: p for name, p in params.items() if name.startswith(LR_PREFIX)}
+    policy_params = {name: p for name, p in params.items() if not name.startswith(LR_PREFIX)}
+    return policy_params, (lrs if lrs else inner_lr)
+
+
 def inner_loss(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
@@ -114,7 +133,7 @@ def adapt(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
     episodes: Episodes,
-    inner_lr: float,
+    inner_lr: InnerLR,
     first_order: bool = False,
     advantages: torch.Tensor | None = None,
     gamma: float = 0.99,
@@ -135,7 +154,7 @@ def adapt(
         policy: the policy architecture.
         params: the parameters to adapt (e.g. `policy.parameters_dict()`); not modified.
         episodes: the task's training episodes.
-        inner_lr: SGD step size.
+        inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD).
         first_order: drop the second-order terms of the meta-gradient.
         advantages: `[T, B]` precomputed advantages of `episodes`.
         gamma: discount factor for the advantages.
@@ -149,14 +168,15 @@ def adapt(
         inputs = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
         loss = inner_loss(policy, inputs, episodes, advantages, estimator)
         grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=not first_order, allow_unused=True)
-        return {name: p if g is None else p - inner_lr * g for (name, p), g in zip(inputs.items(), grads, strict=True)}
+        return {name: p if g is None else p - step_size(inner_lr, name) * g
+                for (name, p), g in zip(inputs.items(), grads, strict=True)}
 
 
 def adapt_k_steps(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
     episodes: EpisodeSource,
-    inner_lr: float,
+    inner_lr: InnerLR,
     num_steps: int = 1,
     first_order: bool = False,
     advantages: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -230,7 +250,7 @@ def adapt_tasks(
     params: Mapping[str, torch.Tensor],
     episodes: Episodes | Sequence[Episodes],
     advantages: torch.Tensor | Sequence[torch.Tensor],
-    inner_lr: float,
+    inner_lr: InnerLR,
     num_steps: int = 1,
     first_order: bool = False,
     estimator: str = "score",
@@ -249,7 +269,7 @@ def adapt_tasks(
         episodes: stacked train episodes (`stack_episodes`), `[N, T, B, ...]`: one set that every
             step reuses, or a sequence of `num_steps` sets (step k on set k).
         advantages: `[N, T, B]` constant advantages (a sequence, one per set, with a sequence).
-        inner_lr: SGD step size.
+        inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD).
         num_steps: inner steps.
         first_order: drop the second-order terms of the meta-gradient.
         estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
@@ -272,7 +292,7 @@ def adapt_tasks(
             weights = surrogate_weights(log_probs, step_episodes.mask, estimator)
             loss = -task_means(weights * step_advantages.detach(), step_episodes.mask).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=not first_order, allow_unused=True)
-            current = {name: p if g is None else p - inner_lr * g
+            current = {name: p if g is None else p - step_size(inner_lr, name) * g
                        for (name, p), g in zip(current.items(), grads, strict=True)}
     return current
 
@@ -298,7 +318,7 @@ def outer_objective(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
     tasks: TaskBatch,
-    inner_lr: float,
+    inner_lr: InnerLR,
     num_steps: int = 1,
     first_order: bool = False,
     old_distribution: Independent | None = None,
@@ -322,7 +342,10 @@ def outer_objective(
         first_order: FOMAML adaptation (no second-order terms).
         old_distribution: the sampling policies on the valid observations.
         estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
+
+    Learned step sizes (Meta-SGD) may travel in `params` under `LR_PREFIX` (`split_inner_lrs`).
     """
+    params, inner_lr = split_inner_lrs(params, inner_lr)
     adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order,
                           estimator)
     valid = tasks.valid
@@ -338,7 +361,7 @@ def outer_objective_per_task(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
     tasks: TaskBatch,
-    inner_lr: float,
+    inner_lr: InnerLR,
     num_steps: int = 1,
     first_order: bool = False,
     old_distribution: Independent | None = None,
@@ -346,6 +369,7 @@ def outer_objective_per_task(
 ) -> OuterResult:
     """`outer_objective` computed task by task in a Python loop: the reference that the batched
     objective is tested and benchmarked against (`MAMLConfig.reference_update=True`). Same arguments."""
+    params, inner_lr = split_inner_lrs(params, inner_lr)
     losses, kls, adapted_all, locs, scales = [], [], [], [], []
     for i in range(tasks.num_tasks):
         train, valid, train_advantages, valid_advantages = tasks.task(i)
@@ -372,7 +396,7 @@ def kl_curvature_outputs(
     policy: GaussianMLPPolicy,
     params: Mapping[str, torch.Tensor],
     tasks: TaskBatch,
-    inner_lr: float,
+    inner_lr: InnerLR,
     num_steps: int = 1,
     first_order: bool = False,
     estimator: str = "score",
@@ -385,6 +409,7 @@ def kl_curvature_outputs(
     task's mean and by 1/N. So `J^T M J` with these is the Hessian of `outer_objective(...).kl`
     at the old policy (its Fisher through the adaptation), without a double backward through it.
     """
+    params, inner_lr = split_inner_lrs(params, inner_lr)
     adapted = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, inner_lr, num_steps, first_order,
                           estimator)
     mean = vmap(policy.mean)(tasks.valid.observations, adapted)
@@ -423,6 +448,7 @@ class MAMLConfig:
     fisher_every: int = 1  # Fisher-vector products on every k-th step (1: all); the line search sees all
     reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
     inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
+    meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), starting at inner_lr
 
     def __post_init__(self) -> None:
         positive = ("inner_lr", "max_kl", "outer_lr")
@@ -497,8 +523,28 @@ class MAMLTRPO:
         self.policy = policy
         self.config = MAMLConfig() if config is None else config
         self.optimizer: torch.optim.Optimizer | None = None
+        # Meta-SGD: one learned step size per parameter entry, meta-learned with the initialisation.
+        self.inner_lrs: dict[str, torch.nn.Parameter] | None = None
+        if self.config.meta_sgd:
+            self.inner_lrs = {name: torch.nn.Parameter(torch.full_like(p.detach(), self.config.inner_lr))
+                              for name, p in policy.named_parameters()}
         if self.config.outer_optimizer == "adam":
-            self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.config.outer_lr)
+            extra = list(self.inner_lrs.values()) if self.inner_lrs else []
+            self.optimizer = torch.optim.Adam([*policy.parameters(), *extra], lr=self.config.outer_lr)
+
+    def step_sizes(self) -> InnerLR:
+        """The inner step size(s) to adapt with: `inner_lr`, or the learned ones (detached)."""
+        if self.inner_lrs is None:
+            return self.config.inner_lr
+        return {name: lr.detach() for name, lr in self.inner_lrs.items()}
+
+    def load_step_sizes(self, inner_lrs: Mapping[str, torch.Tensor]) -> None:
+        """Set the learned step sizes (Meta-SGD; e.g. from a checkpoint's `extra_state["inner_lrs"]`)."""
+        if self.inner_lrs is None or set(inner_lrs) != set(self.inner_lrs):
+            raise ValueError("inner_lrs: the learner has no learned step sizes (meta_sgd: false) or other names")
+        with torch.no_grad():
+            for name, lr in self.inner_lrs.items():
+                lr.copy_(inner_lrs[name])
 
     def adapt_tasks(self, episodes: Sequence[Sequence[Episodes]]) -> list[Params]:
         """Detached adapted parameters of every task at once (first order, as `adapt`), one dict per task.
@@ -509,7 +555,7 @@ class MAMLTRPO:
         cfg = self.config
         sets = [stack_episodes(step) for step in episodes]
         advantages = [baseline_advantages(e, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages) for e in sets]
-        adapted = adapt_tasks(self.policy, self.policy.parameters_dict(), sets, advantages, cfg.inner_lr,
+        adapted = adapt_tasks(self.policy, self.policy.parameters_dict(), sets, advantages, self.step_sizes(),
                               len(sets), first_order=True)
         return [{name: p[i].detach() for name, p in adapted.items()} for i in range(len(episodes[0]))]
 
@@ -533,10 +579,14 @@ class MAMLTRPO:
         data = prepare_tasks(tasks, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
         t_prepared = time.perf_counter()
 
+        # Meta-SGD's step sizes travel with the policy's parameters (under LR_PREFIX), so the outer
+        # update's gradient, Fisher and line search cover them too.
+        learned = {LR_PREFIX + name: lr for name, lr in (self.inner_lrs or {}).items()}
         if cfg.outer_optimizer == "adam":
-            params = self.policy.parameters_dict()
+            params = {**self.policy.parameters_dict(), **learned}
         else:
-            params = {name: p.detach().requires_grad_(True) for name, p in self.policy.named_parameters()}
+            params = {name: p.detach().requires_grad_(True)
+                      for name, p in [*self.policy.named_parameters(), *learned.items()]}
         before = self._objective(params, data, cfg.first_order)
         old = detach_distribution(before.distribution)
         loss_before = before.loss.item()
@@ -553,7 +603,7 @@ class MAMLTRPO:
             grad_norm = float(flatten_params({n: p.grad for n, p in self.policy.named_parameters()}).norm())
             t_grad = time.perf_counter()
             self.optimizer.step()
-            loss_after, kl_after = (v.item() for v in loss_and_kl(self.policy.parameters_dict()))
+            loss_after, kl_after = (v.item() for v in loss_and_kl({**self.policy.parameters_dict(), **learned}))
             accepted, fraction = True, 1.0
         else:
             grads = torch.autograd.grad(before.loss, list(params.values()))
@@ -624,6 +674,8 @@ class MAMLTRPO:
             with torch.no_grad():
                 for name, p in self.policy.named_parameters():
                     p.copy_(new_params[name])
+                for name, lr in (self.inner_lrs or {}).items():
+                    lr.copy_(new_params[LR_PREFIX + name])
         return result.accepted, result.step_fraction, result.loss, result.kl
 
 

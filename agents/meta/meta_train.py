@@ -47,6 +47,7 @@ class MetaTrainConfig:
     num_inner_steps: int = 1  # inner adaptation steps, each on fresh episodes of the previous step's parameters
     first_order: bool = False  # first-order MAML (no second-order terms)
     inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
+    meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), saved with the policy
     outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update
     max_kl: float = 0.01  # TRPO trust region
     cg_damping: float = 1e-5  # Fisher damping in conjugate gradient
@@ -74,7 +75,7 @@ class MetaTrainConfig:
     def maml_config(self) -> MAMLConfig:
         """The learner's hyper-parameters."""
         return MAMLConfig(inner_lr=self.inner_lr, num_inner_steps=self.num_inner_steps,
-                          first_order=self.first_order, inner_estimator=self.inner_estimator,
+                          first_order=self.first_order, inner_estimator=self.inner_estimator, meta_sgd=self.meta_sgd,
                           outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
                           cg_damping=self.cg_damping, fisher_every=self.fisher_every, outer_lr=self.outer_lr,
                           gamma=self.gamma, gae_lambda=self.gae_lambda)
@@ -93,6 +94,11 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def learned_step_sizes(learner: MAMLTRPO) -> dict:
+    """A checkpoint's `extra_state` for the learner's Meta-SGD step sizes (`{"inner_lrs": ...}`; empty without)."""
+    return {} if learner.inner_lrs is None else {"inner_lrs": learner.step_sizes()}
 
 
 def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
@@ -128,6 +134,8 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
         policy.load_state_dict(checkpoint.policy.state_dict())
         if learner.optimizer is not None and checkpoint.optimizer_state is not None:
             learner.optimizer.load_state_dict(checkpoint.optimizer_state)
+        if config.meta_sgd:
+            learner.load_step_sizes(checkpoint.extra_state["inner_lrs"])
         start = checkpoint.iteration
         wall_time_s, env_steps = spent_budget(checkpoint.metadata)
     log = MetricsLog(run.metrics, "meta_train", resume_step=start if run.resumed else None)
@@ -146,7 +154,7 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
                         sps=f"{record['steps_per_s']:.0f}")
         if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
             save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
-                                 optimizer=learner.optimizer,
+                                 optimizer=learner.optimizer, extra_state=learned_step_sizes(learner),
                                  metadata=training_metadata("maml", config.family, config_to_dict(config), code,
                                                             observation, wall_time_s, env_steps))
     writer.close()

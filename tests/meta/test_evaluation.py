@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agents.meta.adaptation_report import markdown_from_dict, markdown_table, write_all
 from agents.meta.evaluation import (
@@ -218,3 +219,23 @@ def test_cli_rejects_bad_input_before_simulating(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=match):
             cli.main(base + argv)
     assert not out.exists()
+
+
+def result_with_default_step(policy) -> np.ndarray:
+    return compare({"init": policy}, TASKS, "cheetah", CONFIG).returns["init"]
+
+
+def test_learned_step_sizes_are_the_ones_used(policies) -> None:
+    policy = policies["init"]
+    zero = {name: torch.zeros_like(p) for name, p in policy.named_parameters()}
+    frozen = compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"meta_sgd": zero})
+    sampler = Sampler("cheetah", CONFIG.horizon, num_threads=1)
+    unadapted = sampler.sample(policy, TASKS, CONFIG.episodes_per_task, seed=step_seed(CONFIG.seeds[0], 1))
+    sampler.close()
+    # Zero step sizes leave the policy as it was: step 1 rolls out the initialisation itself (the
+    # per-task parameter path of the sampler rounds differently in the last float32 bits).
+    expected = [float(e.total_returns().mean()) for e in unadapted]
+    np.testing.assert_allclose(frozen.returns["meta_sgd"][0, :, 1], expected, rtol=1e-5, atol=1e-4)
+    assert np.abs(frozen.returns["meta_sgd"][:, :, 1] - result_with_default_step(policy)[:, :, 1]).min() > 1e-3
+    with pytest.raises(ValueError, match="inner_lrs"):
+        compare({"init": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"other": zero})

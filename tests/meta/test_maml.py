@@ -8,6 +8,7 @@ from torch.distributions import Independent, Normal
 
 from agents.episodes import Episodes
 from agents.meta.maml import (
+    LR_PREFIX,
     MAMLTRPO,
     MAMLConfig,
     adapt,
@@ -448,3 +449,63 @@ def test_dice_ignores_padding_after_an_episode_ends() -> None:
     torch.testing.assert_close(grad, mask)  # d/dlogpi_t of sum_t w_t = 1 on real steps, 0 on padding
     with pytest.raises(ValueError, match="inner_estimator"):
         surrogate_weights(log_probs, mask, "lvc")
+
+
+def with_step_sizes(params: dict, sizes: dict) -> dict:
+    return {**params, **{LR_PREFIX + name: lr for name, lr in sizes.items()}}
+
+
+def test_meta_sgd_uniform_step_sizes_equal_the_scalar_step() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy))
+    params = policy.parameters_dict()
+    scalar = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, INNER_LR, 2)
+    uniform = adapt_tasks(policy, params, tasks.train, tasks.train_advantages,
+                          {name: torch.full_like(p, INNER_LR) for name, p in params.items()}, 2)
+    for name in params:
+        torch.testing.assert_close(uniform[name], scalar[name], rtol=1e-12, atol=1e-12)
+
+
+def test_meta_sgd_step_sizes_get_the_exact_meta_gradient() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy))
+    theta = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    gen = torch.Generator().manual_seed(3)
+    sizes = {k: (INNER_LR * (0.5 + torch.rand(v.shape, generator=gen, dtype=torch.float64))).requires_grad_(True)
+             for k, v in theta.items()}
+
+    # The sampling policy is fixed (at the unperturbed step sizes), so the surrogate's value moves with them.
+    old = detach_distribution(outer_objective(policy, with_step_sizes(theta, sizes), tasks, INNER_LR, 2).distribution)
+
+    def loss(step_sizes: dict) -> torch.Tensor:
+        return outer_objective(policy, with_step_sizes(theta, step_sizes), tasks, INNER_LR, 2, False, old).loss
+
+    grads = torch.autograd.grad(loss(sizes), list(sizes.values()))
+    eps = 1e-6
+    for (name, lr), grad in zip(sizes.items(), grads, strict=True):
+        index = (0,) * lr.dim()
+        bumped = {k: v.detach().clone() for k, v in sizes.items()}
+        bumped[name][index] += eps
+        up = loss(bumped).item()
+        bumped[name][index] -= 2 * eps
+        down = loss(bumped).item()
+        assert grad[index].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9), name
+    assert any(float(g.abs().max()) > 1e-6 for g in grads)
+
+
+def test_meta_sgd_trpo_step_moves_the_step_sizes_like_the_reference() -> None:
+    tasks = make_tasks(make_policy(), goals=(1.0, -1.0, 0.5, 2.0))
+    moved = {}
+    for reference in (True, False):
+        policy = make_policy()
+        learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, cg_iters=5, meta_sgd=True,
+                                              reference_update=reference))
+        assert learner.step(tasks).step_accepted
+        moved[reference] = flatten_params(learner.step_sizes()) - INNER_LR
+    assert float(moved[True].abs().max()) > 1e-4  # the step sizes were learned
+    torch.testing.assert_close(moved[False], moved[True], rtol=0, atol=1e-6)
+    adam = MAMLTRPO(make_policy(), MAMLConfig(inner_lr=INNER_LR, meta_sgd=True, outer_optimizer="adam"))
+    adam.step(tasks)
+    assert float((flatten_params(adam.step_sizes()) - INNER_LR).abs().max()) > 0
+    with pytest.raises(ValueError, match="inner_lrs"):
+        MAMLTRPO(make_policy(), MAMLConfig()).load_step_sizes(adam.step_sizes())

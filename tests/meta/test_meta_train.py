@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from agents.meta.maml import MAMLTRPO
-from agents.meta.meta_train import MetaTrainConfig, meta_iteration
+from agents.meta.meta_train import MetaTrainConfig, meta_iteration, meta_train
 from agents.policy import GaussianMLPPolicy
 from agents.sampler import Sampler
 
@@ -35,3 +35,25 @@ def test_each_inner_step_samples_fresh_episodes() -> None:
     again, params_again = _iteration(2)
     assert torch.equal(params, params_again), "an iteration is a function of its seed"
     assert again["post_adapt_return"] == two["post_adapt_return"]
+
+
+def test_meta_sgd_step_sizes_are_checkpointed_and_resumed(tmp_path) -> None:
+    from agents.runs.checkpoint import load_checkpoint
+    from agents.runs.config import config_to_dict
+    from agents.runs.rundir import latest_checkpoint, prepare_run_dir
+
+    def run(iterations: int, root, resume: bool = False):
+        config = MetaTrainConfig(**TINY, iterations=iterations, meta_sgd=True, checkpoint_every=1, num_threads=1)
+        folder = prepare_run_dir(root, resume=resume, config=config_to_dict(config), changeable={"iterations"})
+        meta_train(config, folder, progress=False)
+        return load_checkpoint(latest_checkpoint(folder))
+
+    first = run(1, tmp_path / "a")
+    sizes = first.extra_state["inner_lrs"]
+    assert set(sizes) == {name for name, _ in first.policy.named_parameters()}
+    assert any(float((lr - 0.1).abs().max()) > 0 for lr in sizes.values())  # learned in one step
+    resumed, straight = run(2, tmp_path / "a", resume=True), run(2, tmp_path / "b")
+    for name, lr in straight.extra_state["inner_lrs"].items():
+        assert torch.equal(resumed.extra_state["inner_lrs"][name], lr), name
+    for (name, p), q in zip(resumed.policy.named_parameters(), straight.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
