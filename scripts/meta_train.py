@@ -39,7 +39,8 @@ def main() -> None:
         raw["iterations"] = args.iterations
     config = config_from_dict(MetaTrainConfig, raw)
     run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_to_dict(config),
-                          changeable={"resume", "force", "iterations", "num_threads"})
+                          changeable={"resume", "force", "iterations", "num_threads"},
+                          defaults=config_to_dict(MetaTrainConfig(family=config.family)))
     sampler = None
     if args.backend == "ray":
         from agents.runs.ray_sampler import RaySampler  # only with the optional extra

@@ -34,7 +34,8 @@ def main() -> None:
         raw["iterations"] = args.iterations
     config = config_from_dict(PretrainConfig, raw)
     run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_to_dict(config),
-                          changeable={"resume", "force", "iterations", "num_threads"})
+                          changeable={"resume", "force", "iterations", "num_threads"},
+                          defaults=config_to_dict(PretrainConfig(family=config.family)))
     pretrain(config, run)
     print(f"checkpoints: {run.checkpoints.resolve()}")
 

@@ -158,6 +158,7 @@ def prepare_run_dir(
     force: bool = False,
     config: Mapping[str, Any],
     changeable: Iterable[str] = RESUME_CHANGEABLE,
+    defaults: Mapping[str, Any] | None = None,
 ) -> RunDir:
     """Create (or reopen, with `resume`) the run directory at `path` with its subfolders and config.yaml.
 
@@ -169,6 +170,8 @@ def prepare_run_dir(
         force: move a run already there aside to `<path>.old-<timestamp>` and start fresh (never deletes).
         config: the resolved config; written to config.yaml (atomically) when the run is created.
         changeable: top-level config keys allowed to differ on resume.
+        defaults: the config class's defaults: a key the stored config lacks (a field added to the
+            code after the run started) is no difference when the given value is its default.
 
     An existing non-empty directory without resume or force is a ValueError, and nothing is touched.
     """
@@ -188,6 +191,9 @@ def prepare_run_dir(
         skip = set(changeable)
         given = yaml.safe_load(text)  # the YAML round trip makes tuples lists, as in the stored copy
         stored = {k: v for k, v in load_yaml(root / CONFIG_FILE).items() if k not in skip}
+        for key, value in yaml.safe_load(_dump_config(dict(defaults or {}))).items():
+            if key not in stored and key not in skip and given.get(key) == value:
+                stored[key] = value
         differing = _config_diff(stored, {k: v for k, v in given.items() if k not in skip})
         if differing:
             raise ValueError(f"cannot resume {root}: config differs from the stored config.yaml in "

@@ -92,6 +92,14 @@ def test_resume_checks_the_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"in device"):
         prepare_run_dir(root, resume=True, config={**CONFIG, "device": "cuda"}, changeable=())
     assert _files(root) == before
+    # A field added to the code after the run started is no difference at its default value.
+    newer = {**CONFIG, "device": "cpu", "estimator": "score"}
+    assert prepare_run_dir(root, resume=True, config=newer, defaults={"estimator": "score"}).resumed
+    with pytest.raises(ValueError, match=r"in estimator"):
+        prepare_run_dir(root, resume=True, config={**newer, "estimator": "dice"}, defaults={"estimator": "score"})
+    with pytest.raises(ValueError, match=r"in estimator"):
+        prepare_run_dir(root, resume=True, config=newer)
+    assert _files(root) == before
     # A mistyped or missing run directory is an error, and nothing is created.
     with pytest.raises(ValueError, match="holds no run to resume"):
         prepare_run_dir(tmp_path / "new", resume=True, config=CONFIG)
