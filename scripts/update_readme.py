@@ -7,7 +7,8 @@ the README is out of date (the test suite runs it).
 
     python scripts/benchmark.py --out assets/results   # and/or
     python scripts/benchmark_ray.py --out assets/results   # and/or
-    python scripts/check_fisher_every.py --out assets/results   # then
+    python scripts/check_meta_setting.py --name fisher_check ... --out assets/results   # and/or
+    python scripts/evaluate_adaptation.py ... --out DIR && cp DIR/results.json assets/results/adaptation_<name>.json
     python scripts/update_readme.py
 """
 
@@ -23,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import to_markdown as benchmark_markdown
 from benchmark_ray import to_markdown as benchmark_ray_markdown
-from check_fisher_every import to_markdown as fisher_markdown
+from check_meta_setting import to_markdown as check_markdown
+
+from agents.meta.adaptation_report import markdown_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "assets" / "results"
@@ -31,14 +34,40 @@ RESULTS = ROOT / "assets" / "results"
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark": ("benchmark.json", lambda results: benchmark_markdown(results, level=3)),
     "benchmark_ray": ("benchmark_ray.json", lambda results: benchmark_ray_markdown(results, level=3)),
-    "fisher_check": ("fisher_check.json", lambda results: fisher_markdown(results, level=3)),
-    "fisher_check_fresh_seeds": ("fisher_check_fresh_seeds.json", lambda results: fisher_markdown(results, level=3)),
+    "fisher_check": ("fisher_check.json", lambda results: check_markdown(results, level=3)),
+    "fisher_check_fresh_seeds": ("fisher_check_fresh_seeds.json", lambda results: check_markdown(results, level=3)),
+    # and one section per adaptation evaluation: assets/results/adaptation_<name>.json (see `sections`)
 }
+
+
+def adaptation_markdown(results: dict) -> str:
+    """An evaluation's tables (`evaluate_adaptation.py`'s results.json), under a line saying what was
+    evaluated and how long each method trained."""
+    meta = results["metadata"]
+    parts = []
+    for name, source in meta["sources"].items():
+        training = meta.get("training", {}).get(name)
+        if training and training.get("budget"):
+            budget = training["budget"]
+            parts.append(f"{name}: `{Path(source).name}` ({training['iterations']} iterations, "
+                         f"{budget['env_steps'] / 1e6:.1f}M env steps, {budget['wall_time_s'] / 60:.0f} min)")
+        else:
+            parts.append(f"{name}: {', '.join(source) if isinstance(source, list) else Path(source).name}")
+    head = (f"Family `{meta['family']}`, split `{meta['split']}`, task seed {meta['task_seed']}. "
+            + "; ".join(parts) + ".")
+    return head + "\n\n" + markdown_from_dict(results)
+
+
+def sections(results_dir: Path = RESULTS) -> dict[str, tuple[str, Callable[[dict], str]]]:
+    """`SECTIONS` plus one per `adaptation_<name>.json` in `results_dir` (every evaluation shipped
+    there must be shown)."""
+    found = {path.stem: (path.name, adaptation_markdown) for path in sorted(results_dir.glob("adaptation_*.json"))}
+    return {**SECTIONS, **found}
 
 
 def render(readme: str, results_dir: Path = RESULTS) -> str:
     """`readme` with every generated section replaced by what its JSON renders to."""
-    for name, (filename, renderer) in SECTIONS.items():
+    for name, (filename, renderer) in sections(results_dir).items():
         pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(<!-- end generated: {name} -->)", re.DOTALL)
         if not pattern.search(readme):
             raise ValueError(f"README has no generated section {name!r} (<!-- generated: {name} --> markers)")

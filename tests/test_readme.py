@@ -37,10 +37,27 @@ def test_missing_markers_are_named() -> None:
         _update_readme().render("no markers here")
 
 
-def test_the_fisher_check_states_whether_a_difference_is_distinguishable_from_zero() -> None:
-    spec = importlib.util.spec_from_file_location("check_fisher_every", ROOT / "scripts" / "check_fisher_every.py")
+def _check_script():
+    spec = importlib.util.spec_from_file_location("check_meta_setting", ROOT / "scripts" / "check_meta_setting.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_a_setting_check_states_whether_a_difference_is_distinguishable_from_zero() -> None:
+    module = _check_script()
     assert "not distinguishable from zero" in module._paired([-1.0, 1.5, -2.0])
     assert ", distinguishable from zero" in module._paired([-5.1, -5.5, -6.6])
     assert "no interval from one seed" in module._paired([-4.4])
+
+
+def test_a_setting_check_parses_fields_and_rejects_what_it_may_not_vary() -> None:
+    module = _check_script()
+    assert module.parse_setting("meta_batch_size=40,episodes_per_task=20") == {"meta_batch_size": 40,
+                                                                            "episodes_per_task": 20}
+    assert module.parse_setting("inner_estimator=dice") == {"inner_estimator": "dice"}
+    assert module.parse_setting("meta_sgd=true") == {"meta_sgd": True}
+    for bad, match in [("seed=3", "may vary"), ("nope=1", "may vary"), ("fisher_every", "name=value"),
+                       ("inner_estimator=lvc", "inner_estimator")]:
+        with pytest.raises(ValueError, match=match):
+            module.parse_setting(bad)

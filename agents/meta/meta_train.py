@@ -52,7 +52,7 @@ class MetaTrainConfig:
     max_kl: float = 0.01  # TRPO trust region
     cg_damping: float = 1e-5  # Fisher damping in conjugate gradient
     fisher_every: int = 1  # Fisher-vector products on every k-th step (1: all, the exact step; >1 is faster
-    # but learned less per iteration in scripts/check_fisher_every.py)
+    # but learned less per iteration in scripts/check_meta_setting.py)
     outer_lr: float = 1e-3  # Adam step size (outer_optimizer: adam)
     gamma: float = 0.99  # discount
     gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
