@@ -147,8 +147,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ewc-lambda", type=float, nargs="*", default=[100.0], help="EWC strengths to run")
-    parser.add_argument("--ewc-normalize", choices=["max", "mean", "none"], default="max",
-                        help="rescale each Fisher so its max (or mean) entry is 1, or not at all")
+    parser.add_argument("--ewc-normalize", choices=["max", "mean", "none"], default="none",
+                        help="the raw Fisher (default, as in the literature), or each divided by its max (mean) entry")
     parser.add_argument("--l2-lambda", type=float, nargs="*", default=[1.0], help="L2 strengths to run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="backward-twice",
@@ -168,7 +168,7 @@ def main() -> None:
     methods = {"finetune": {"kind": "none"}}
     methods |= {f"l2_{lam:g}": {"kind": "l2", "strength": lam} for lam in args.l2_lambda}
     normalize = None if args.ewc_normalize == "none" else args.ewc_normalize
-    suffix = "" if args.ewc_normalize == "max" else f"_{args.ewc_normalize}"  # runs of each setting apart
+    suffix = "" if normalize is None else f"_{normalize}"  # runs of each setting apart
     methods |= {f"ewc_{lam:g}{suffix}": {"kind": "ewc", "strength": lam, "normalize": normalize}
                 for lam in args.ewc_lambda}
     for seed in args.seeds:  # every config checked before anything runs

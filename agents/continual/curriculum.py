@@ -80,7 +80,8 @@ class RegularizerConfig:
     mode: Literal["online", "separate"] = "online"
     gamma: float = 1.0  # online decay of older Fishers
     fisher_states: int = 2048  # states used to estimate each Fisher
-    normalize: Literal["max", "mean"] | None = None  # rescale each new Fisher (max or mean entry = 1)
+    normalize: Literal["max", "mean"] | None = None  # None: raw Fisher; or divide each by its max or mean entry
+    fisher_floor: float = 1e-5  # lower bound on every Fisher entry (Continual World's clip); 0: none
 
 
 @dataclass

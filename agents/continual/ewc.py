@@ -10,6 +10,13 @@ Convention here: `penalty(params)` returns the bare sum Σ_i F_i (θ_i − θ*_i
 returns `strength / 2 * penalty(params)`, i.e. `strength` is the paper's λ and the 1/2 is applied
 by `loss` only.
 
+The Fisher is used raw by default (as in the EWC papers and Continual World), with a floor: every
+entry is at least `floor` (default 1e-5, Continual World's clip), so no weight is entirely free.
+Normalising each Fisher (its max or mean entry = 1) is an option; it makes the meaning of λ
+depend on the policy's σ (the largest entry is the output bias's 1/σ² or log-std's 2), so every
+consolidation records the divisor and `raw_equivalent_strengths` gives the λ that the raw Fisher
+would need for the same penalty, comparable with the literature.
+
 Two consolidation modes:
 
 - "online" (Schwarz et al. 2018, Progress & Compress): one running Fisher F ← γ·F + F_new and a
@@ -30,11 +37,12 @@ from typing import Any
 
 import torch
 
-from agents.continual.fisher import Params, normalize_fisher
+from agents.continual.fisher import Params, fisher_scale
 
 MODES = ("online", "separate")
 NORMALIZATIONS = (None, "max", "mean")
 REGULARIZER_KINDS = ("ewc", "l2", "none")
+FISHER_FLOOR = 1e-5  # Continual World's lower clip of the Fisher (Wolczyk et al. 2021)
 
 
 def _check_choice(field: str, value: Any, allowed: tuple) -> None:
@@ -74,13 +82,15 @@ class Regularizer:
         strength: λ; `loss(params) = strength / 2 * penalty(params)`.
         mode: "online" (one accumulated term) or "separate" (one term per task).
         gamma: online decay in [0, 1] applied to the accumulated weights (EWC online mode only).
-        normalize: None, "max" or "mean": rescale each new Fisher with `normalize_fisher` (EWC only).
+        normalize: None (raw), "max" or "mean": divide each new Fisher by its max or mean entry (EWC only).
+        floor: lower bound on every Fisher entry after any normalisation (EWC only; 0: none).
     """
 
     kind = "none"
 
     def __init__(
-        self, strength: float = 1.0, mode: str = "online", gamma: float = 1.0, normalize: str | None = None
+        self, strength: float = 1.0, mode: str = "online", gamma: float = 1.0, normalize: str | None = None,
+        floor: float = FISHER_FLOOR,
     ) -> None:
         if not (math.isfinite(strength) and strength >= 0):
             raise ValueError(f"strength: must be a finite number >= 0, got {strength}")
@@ -88,6 +98,10 @@ class Regularizer:
         if not (0.0 <= gamma <= 1.0):
             raise ValueError(f"gamma: must be in [0, 1], got {gamma}")
         _check_choice("normalize", normalize, NORMALIZATIONS)
+        if not (math.isfinite(floor) and floor >= 0):
+            raise ValueError(f"floor: must be a finite number >= 0, got {floor}")
+        self.floor = float(floor)
+        self.scales: list[float] = []  # each consolidation's Fisher divisor (1.0 when raw)
         self.strength = float(strength)
         self.mode = mode
         self.gamma = float(gamma)
@@ -139,6 +153,12 @@ class Regularizer:
         """The term to add to the training loss: strength / 2 * penalty(params)."""
         return 0.5 * self.strength * self.penalty(params)
 
+    @property
+    def raw_equivalent_strengths(self) -> list[float]:
+        """Per consolidation, the λ that the raw (unnormalised) Fisher needs for the same penalty:
+        `strength / divisor`; equal to `strength` when the Fisher is raw."""
+        return [self.strength / scale for scale in self.scales]
+
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors, strings and numbers: saves with torch.save, loads with weights_only=True."""
         return {
@@ -147,6 +167,8 @@ class Regularizer:
             "gamma": self.gamma,
             "strength": self.strength,
             "normalize": self.normalize,
+            "floor": self.floor,
+            "scales": list(self.scales),
             "num_tasks": self._num_tasks,
             "weights": [None if w is None else {n: t.clone() for n, t in w.items()} for w in self._weights],
             "anchors": [{n: t.clone() for n, t in a.items()} for a in self._anchors],
@@ -164,13 +186,15 @@ class Regularizer:
         self.gamma = float(state["gamma"])
         self.strength = float(state["strength"])
         self.normalize = state["normalize"]
+        self.floor = float(state.get("floor", 0.0))  # states saved before the floor existed had none
+        self.scales = [float(x) for x in state.get("scales", [])]
         self._num_tasks = int(state["num_tasks"])
         self._weights = [None if w is None else {n: t.clone() for n, t in w.items()} for w in weights]
         self._anchors = [{n: t.clone() for n, t in a.items()} for a in anchors]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(strength={self.strength}, mode={self.mode!r}, gamma={self.gamma}, "
-                f"normalize={self.normalize!r}, num_tasks={self._num_tasks})")
+                f"normalize={self.normalize!r}, floor={self.floor}, num_tasks={self._num_tasks})")
 
 
 class NoRegularizer(Regularizer):
@@ -198,9 +222,9 @@ class EWC(Regularizer):
         if fisher is None:
             raise ValueError("fisher: EWC needs a Fisher (use L2Regularizer for unit weights)")
         _check_fisher(fisher, params)
-        new = {n: t.detach().clone() for n, t in fisher.items()}
-        if self.normalize is not None:
-            new = normalize_fisher(new, by=self.normalize)
+        scale = 1.0 if self.normalize is None else fisher_scale(fisher, by=self.normalize)
+        new = {n: (t.detach() / scale).clamp(min=self.floor) for n, t in fisher.items()}
+        self.scales.append(scale)
         anchor = _snapshot(params, new)
         if self.mode == "separate":
             self._weights.append(new)
@@ -250,8 +274,9 @@ def make_regularizer(
     mode: str = "online",
     gamma: float = 1.0,
     normalize: str | None = None,
+    floor: float = FISHER_FLOOR,
 ) -> Regularizer:
     """Build the regulariser named `kind` ("ewc", "l2" or "none"); see `Regularizer` for the arguments."""
     _check_choice("kind", kind, REGULARIZER_KINDS)
     cls = {"ewc": EWC, "l2": L2Regularizer, "none": NoRegularizer}[kind]
-    return cls(strength=strength, mode=mode, gamma=gamma, normalize=normalize)
+    return cls(strength=strength, mode=mode, gamma=gamma, normalize=normalize, floor=floor)

@@ -261,11 +261,12 @@ def add_fishers(*fishers: Mapping[str, torch.Tensor]) -> Params:
     return out
 
 
-def normalize_fisher(fisher: Mapping[str, torch.Tensor], by: str = "max") -> Params:
-    """Divide every entry by the global max (or mean) over all names, so the scale is 1.
+def fisher_scale(fisher: Mapping[str, torch.Tensor], by: str = "max") -> float:
+    """The global max (or mean) entry over all names: the divisor that makes the Fisher's scale 1.
 
-    The raw Fisher scales like 1/σ² and so grows as the policy sharpens; normalising makes the
-    strength λ mean the same on every task (at the cost of EWC's probabilistic reading).
+    The raw Fisher scales like 1/σ² and so grows as the policy sharpens; dividing by this makes the
+    strength λ mean the same on every task (at the cost of EWC's probabilistic reading and of
+    comparability with the literature's raw λ).
     """
     if by not in ("max", "mean"):
         raise ValueError(f"by: must be 'max' or 'mean', got {by!r}")
@@ -275,4 +276,5 @@ def normalize_fisher(fisher: Mapping[str, torch.Tensor], by: str = "max") -> Par
     scale = flat.max() if by == "max" else flat.mean()
     if not torch.isfinite(scale) or scale <= 0:
         raise ValueError(f"fisher: cannot normalise by {by} = {float(scale)} (all-zero or non-finite Fisher)")
-    return {n: t.detach() / scale for n, t in fisher.items()}
+    return float(scale)
+

@@ -191,7 +191,8 @@ class Curriculum:
         reg = cfg.regularizer
         regularizer = None if reg.kind == "none" else make_regularizer(reg.kind, strength=reg.strength,
                                                                         mode=reg.mode, gamma=reg.gamma,
-                                                                        normalize=reg.normalize)
+                                                                        normalize=reg.normalize,
+                                                                        floor=reg.fisher_floor)
         model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
                        policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
                        **{k: v for k, v in config_to_dict(cfg.ppo).items() if k != "n_envs"})
@@ -275,6 +276,9 @@ class Curriculum:
             "held_out": held_out,
             "train_steps": int(curve[-1][0]) if curve else 0,
         }
+        strengths = getattr(self.model.regularizer, "raw_equivalent_strengths", None)
+        if strengths:  # EWC: the lambda the raw Fisher of this stage would need (= lambda when raw)
+            record["raw_equivalent_strength"] = strengths[-1]
         self.state.history.append(record)
         self.state.retries = self.schedule.retries
         self.state.seconds += progress.elapsed()

@@ -153,12 +153,19 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
               plot_matrix(matrix_norm, labels, plots / "performance_matrix.png"),
               plot_forgetting(matrix_norm, labels, plots / "forgetting.png")]
     reg = config["regularizer"]
+    strength = f"lambda {reg['strength']:g}"
+    if reg["kind"] == "ewc":
+        raw = [record["raw_equivalent_strength"] for record in history if "raw_equivalent_strength" in record]
+        fisher = "raw Fisher" if reg.get("normalize") is None else f"{reg['normalize']}-normalised Fisher"
+        strength += f" on the {fisher}, floor {reg.get('fisher_floor', 0):g}"
+        if reg.get("normalize") is not None and raw:
+            strength += f"; raw-equivalent lambda {min(raw):.3g}-{max(raw):.3g} over the stages"
     origin = provenance()
     seconds = float(state.get("seconds", 0.0))
     lines = [
         f"# Curriculum report: {run.name}", "",
         f"Robot `{config['robot']}`, initial policy `{config['init']}`, schedule `{config['schedule']}`, "
-        f"regulariser `{reg['kind']}` (lambda {reg['strength']:g}), {config['steps_per_stage']:,} PPO steps per "
+        f"regulariser `{reg['kind']}` ({strength}), {config['steps_per_stage']:,} PPO steps per "
         f"stage after {config['adapt_steps']} adaptation step(s), horizon {config['horizon']}, seed {config['seed']}.",
         "",
         f"Wall time of the stages: {seconds / 60:.1f} min. Code: git {origin['git_commit']}; "

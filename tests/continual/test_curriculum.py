@@ -72,6 +72,9 @@ def test_tiny_curriculum_writes_every_artefact(tmp_path: Path) -> None:
         assert isinstance(record["success"], bool)
     assert records[0]["return_after_adapt"] != records[0]["stochastic_return_after_adapt"]
     assert "Wall time of the stages" in report and "git " in report and "torch " in report
+    # EWC on the raw Fisher with its floor, said in the report; the raw-equivalent lambda is lambda itself.
+    assert "lambda 10 on the raw Fisher, floor 1e-05" in report
+    assert [r["raw_equivalent_strength"] for r in records] == [10.0, 10.0]
     assert summary["wall_time_s"] > 0 and {"torch", "mujoco", "git_commit"} <= summary["provenance"].keys()
     assert any((run / "tb" / "curriculum").glob("events.out.tfevents.*")), "curriculum-level TensorBoard scalars"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.continual.ewc import EWC, L2Regularizer, NoRegularizer, make_regularizer
-from agents.continual.fisher import normalize_fisher
+from agents.continual.fisher import fisher_scale
 
 
 def params_of(**values: list[float]) -> dict[str, torch.Tensor]:
@@ -16,7 +16,7 @@ def params_of(**values: list[float]) -> dict[str, torch.Tensor]:
 def test_penalty_zero_at_anchor_quadratic_and_fisher_weighted() -> None:
     anchor = params_of(a=[1.0, -2.0], b=[0.5])
     fisher = params_of(a=[3.0, 0.0], b=[2.0])
-    ewc = EWC(strength=10.0)
+    ewc = EWC(strength=10.0, floor=0.0)
     ewc.consolidate(anchor, fisher)
     assert float(ewc.penalty(anchor)) == 0.0
 
@@ -34,6 +34,20 @@ def test_penalty_zero_at_anchor_quadratic_and_fisher_weighted() -> None:
     theta = {n: t.clone().requires_grad_(True) for n, t in p1.items()}
     ewc.penalty(theta).backward()
     torch.testing.assert_close(theta["a"].grad, 2 * fisher["a"] * d["a"])
+
+
+def test_the_fisher_is_raw_with_a_floor_by_default() -> None:
+    anchor = params_of(a=[1.0, -2.0], b=[0.5])
+    ewc = EWC(strength=10.0)
+    ewc.consolidate(anchor, params_of(a=[3.0, 0.0], b=[2.0]))
+    # Raw: the weights are the Fisher itself (no division by its largest entry), ...
+    torch.testing.assert_close(ewc.weights[0]["a"], torch.tensor([3.0, 1e-5]))
+    assert ewc.raw_equivalent_strengths == [10.0]
+    # ... and an entry with zero Fisher is not free: moving it costs floor * distance^2.
+    moved = {"a": anchor["a"] + torch.tensor([0.0, 5.0]), "b": anchor["b"]}
+    assert float(ewc.penalty(moved)) == pytest.approx(1e-5 * 25.0)
+    with pytest.raises(ValueError, match="floor"):
+        EWC(floor=-1.0)
 
 
 def test_anchor_is_a_copy_of_the_parameters() -> None:
@@ -118,11 +132,15 @@ def test_l2_baseline_is_plain_squared_distance(tmp_path) -> None:
 
 def test_fisher_normalisation_and_validation() -> None:
     fisher = params_of(a=[1.0, 4.0], b=[3.0])
-    torch.testing.assert_close(normalize_fisher(fisher, "max")["a"], torch.tensor([0.25, 1.0]))
-    torch.testing.assert_close(normalize_fisher(fisher, "mean")["b"], torch.tensor([9.0 / 8.0]))
-    ewc = EWC(normalize="max")
+    assert fisher_scale(fisher, "max") == 4.0 and fisher_scale(fisher, "mean") == pytest.approx(8.0 / 3.0)
+    ewc = EWC(strength=100.0, normalize="max")
     ewc.consolidate(params_of(a=[0.0, 0.0], b=[0.0]), fisher)
     torch.testing.assert_close(ewc.weights[0]["b"], torch.tensor([0.75]))
+    torch.testing.assert_close(ewc.weights[0]["a"], torch.tensor([0.25, 1.0]))
+    # "lambda 100" on a max-normalised Fisher is lambda 25 on the raw one: the figure the literature compares.
+    assert ewc.raw_equivalent_strengths == [25.0]
+    ewc.consolidate(params_of(a=[0.0, 0.0], b=[0.0]), params_of(a=[0.5, 0.1], b=[0.2]))
+    assert ewc.raw_equivalent_strengths == [25.0, 200.0]
 
     with pytest.raises(ValueError, match="fisher"):
         EWC().consolidate(params_of(a=[0.0]))  # EWC without a Fisher is not EWC
