@@ -116,22 +116,31 @@ class GaussianMLPPolicy(nn.Module):
         last = 2 * len(self.hidden_sizes)
         return f"mean_net.{last}.weight", f"mean_net.{last}.bias"
 
+    def head_names(self) -> tuple[str, ...]:
+        """What is task-specific in multi-head mode: the output layer and the log-std (each task
+        explores with its own noise)."""
+        return (*self.output_layer_names(), "log_std")
+
     def head(self) -> Params:
-        """A detached copy of the output layer's parameters."""
+        """A detached copy of the head's parameters (`head_names`)."""
         params = self.parameters_dict()
-        return {name: params[name].detach().clone() for name in self.output_layer_names()}
+        return {name: params[name].detach().clone() for name in self.head_names()}
 
     def with_head(self, head: Mapping[str, torch.Tensor]) -> Params:
-        """The module's parameters (detached) with the output layer replaced by `head`."""
+        """The module's parameters (detached) with the head replaced by `head`.
+
+        A head saved before the log-std was part of it (no "log_std") keeps the current log-std.
+        """
         params = {name: p.detach() for name, p in self.named_parameters()}
-        return {**params, **{name: head[name] for name in self.output_layer_names()}}
+        return {**params, **{name: head[name] for name in self.head_names() if name in head}}
 
     def load_head(self, head: Mapping[str, torch.Tensor]) -> None:
-        """Copy `head` into the output layer in place."""
+        """Copy `head` into the head's parameters in place (as `with_head`)."""
         params = self.parameters_dict()
         with torch.no_grad():
-            for name in self.output_layer_names():
-                params[name].copy_(head[name])
+            for name in self.head_names():
+                if name in head:
+                    params[name].copy_(head[name])
 
     def parameters_dict(self) -> Params:
         """The module's own parameters as a name -> tensor dict (shared, not copied)."""

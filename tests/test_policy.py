@@ -47,12 +47,14 @@ def test_vmap_over_per_task_parameters() -> None:
     assert torch.allclose(mean[1], policy.mean_and_std(obs[1], first)[0], atol=1e-6)
 
 
-def test_heads_swap_only_the_output_layer() -> None:
+def test_heads_swap_only_the_output_layer_and_log_std() -> None:
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(5, 3, (8, 8))
-    other = GaussianMLPPolicy(5, 3, (8, 8))
+    other = GaussianMLPPolicy(5, 3, (8, 8), init_log_std=-1.0)
     head = other.head()
-    assert set(head) == set(policy.output_layer_names()) == {"mean_net.4.weight", "mean_net.4.bias"}
+    assert set(head) == set(policy.head_names()) == {"mean_net.4.weight", "mean_net.4.bias", "log_std"}
+    torch.testing.assert_close(policy.mean_and_std(torch.zeros(5), policy.with_head(head))[1], torch.full((3,), 0.3679),
+                               rtol=1e-4, atol=0)
     swapped = policy.with_head(head)
     obs = torch.randn(4, 5)
     features = policy.mean_net[:-1](obs)

@@ -82,6 +82,8 @@ class RegularizerConfig:
     fisher_states: int = 2048  # states used to estimate each Fisher
     normalize: Literal["max", "mean"] | None = None  # None: raw Fisher; or divide each by its max or mean entry
     fisher_floor: float = 1e-5  # lower bound on every Fisher entry (Continual World's clip); 0: none
+    anchor_log_std: bool = False  # single-head: also anchor the log-std (its large Fisher freezes exploration);
+    # with task_heads each task has its own log-std, never anchored
 
 
 @dataclass

@@ -40,7 +40,17 @@ from agents.sampler import Sampler
 from envs import ENV_IDS
 from envs.tasks import Task
 
-SB3_HEAD = ("action_net.weight", "action_net.bias")  # the actor's output layer in SB3's names
+SB3_HEAD = ("action_net.weight", "action_net.bias", "log_std")  # the per-task head in SB3's names
+
+
+def unanchored(task_heads: bool, anchor_log_std: bool) -> tuple[str, ...]:
+    """SB3 parameter names the regulariser leaves free: each task's head in multi-head mode; in
+    single-head mode the state-independent log-std unless `anchor_log_std` (its Fisher, 2 per
+    entry, is orders of magnitude above the hidden layers', so anchoring it freezes exploration
+    at the first task's noise)."""
+    if task_heads:
+        return SB3_HEAD
+    return () if anchor_log_std else ("log_std",)
 
 
 @dataclass
@@ -254,7 +264,7 @@ class Curriculum:
             self.heads[pool_index] = self.policy.head()
         if self.model.regularizer is not None:
             self.model.consolidate(None, n_states=cfg.regularizer.fisher_states,
-                                   exclude=SB3_HEAD if cfg.task_heads else ())
+                                   exclude=unanchored(cfg.task_heads, cfg.regularizer.anchor_log_std))
         row, distance = self._evaluate_matrix_row(stage, pool_index)
         held_out = self._evaluate(self.held_out_tasks)[0] if self.held_out_tasks else []
         # The ladder's criterion, judged for every schedule: the trained policy covers the distance.

@@ -8,6 +8,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
@@ -75,6 +76,9 @@ def test_tiny_curriculum_writes_every_artefact(tmp_path: Path) -> None:
     # EWC on the raw Fisher with its floor, said in the report; the raw-equivalent lambda is lambda itself.
     assert "lambda 10 on the raw Fisher, floor 1e-05" in report
     assert [r["raw_equivalent_strength"] for r in records] == [10.0, 10.0]
+    # Single head: the log-std is not anchored by default (anchoring it froze exploration).
+    anchors = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["regularizer_state"]["anchors"]
+    assert anchors and "log_std" not in anchors[0] and "action_net.weight" in anchors[0]
     assert summary["wall_time_s"] > 0 and {"torch", "mujoco", "git_commit"} <= summary["provenance"].keys()
     assert any((run / "tb" / "curriculum").glob("events.out.tfevents.*")), "curriculum-level TensorBoard scalars"
 
@@ -227,7 +231,8 @@ def test_task_heads_keep_one_output_layer_per_task_and_leave_it_unanchored(tmp_p
     assert torch.equal(heads[1][weight], curriculum.policy.parameters_dict()[weight]), "the latest head is current"
     # every anchored parameter is shared: the heads are free for the next task
     anchored = set(curriculum.model.regularizer.anchors[0])
-    assert anchored and not anchored & {"action_net.weight", "action_net.bias"}
+    assert anchored and not anchored & {"action_net.weight", "action_net.bias", "log_std"}
+    assert "log_std" in heads[0] and "log_std" in heads[1], "each task explores with its own noise"
     # task 0 is evaluated with head 0: evaluating it again with that head gives the recorded return
     again = curriculum._evaluate([curriculum.pool_tasks[0]], params=[curriculum._task_params(0)])[0][0]
     assert again == pytest.approx(state.matrix[-1][0])
@@ -258,3 +263,11 @@ def test_plots_show_differences_and_signs(tmp_path: Path, monkeypatch) -> None:
     assert colours[0] != colours[1]
     assert [round(bar.get_height(), 6) for bar in bars] == [-0.2, 0.6]
     plt.close("all")
+
+
+def test_what_the_regulariser_leaves_free() -> None:
+    from agents.continual.loop import unanchored
+
+    assert unanchored(task_heads=True, anchor_log_std=False) == ("action_net.weight", "action_net.bias", "log_std")
+    assert unanchored(task_heads=False, anchor_log_std=False) == ("log_std",)
+    assert unanchored(task_heads=False, anchor_log_std=True) == ()
