@@ -84,6 +84,7 @@ class RegularizerConfig:
     fisher_floor: float = 1e-5  # lower bound on every Fisher entry (Continual World's clip); 0: none
     anchor_log_std: bool = False  # single-head: also anchor the log-std (its large Fisher freezes exploration);
     # with task_heads each task has its own log-std, never anchored
+    critic: bool = False  # also anchor the critic, weighted by its Gaussian-likelihood Fisher (reset_critic: false)
 
 
 @dataclass
@@ -154,6 +155,11 @@ class CurriculumConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not self.inner_lr > 0 or not self.ppo.learning_rate > 0:
             raise ValueError("inner_lr and ppo.learning_rate must be > 0")
+        if self.regularizer.critic and self.reset_critic:
+            raise ValueError("regularizer.critic: anchoring the critic needs reset_critic: false (a fresh critic "
+                             "each stage would be pulled back to the old one)")
+        if self.regularizer.critic and self.regularizer.kind == "none":
+            raise ValueError("regularizer.critic: needs regularizer.kind ewc or l2")
         if self.num_stages is not None and self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
         if self.init != "scratch" and not Path(self.init).is_file():

@@ -264,6 +264,7 @@ class Curriculum:
             self.heads[pool_index] = self.policy.head()
         if self.model.regularizer is not None:
             self.model.consolidate(None, n_states=cfg.regularizer.fisher_states,
+                                   include_critic=cfg.regularizer.critic,
                                    exclude=unanchored(cfg.task_heads, cfg.regularizer.anchor_log_std))
         row, distance = self._evaluate_matrix_row(stage, pool_index)
         held_out = self._evaluate(self.held_out_tasks)[0] if self.held_out_tasks else []

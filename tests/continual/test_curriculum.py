@@ -125,6 +125,8 @@ def test_a_run_killed_between_stages_resumes_with_the_same_stage_list(tmp_path: 
         ({"stages": []}, "stages"),
         ({"horizon": "long"}, "horizon"),
         ({"stagez": []}, "unknown fields"),
+        ({"regularizer": {"kind": "ewc", "critic": True}}, "needs reset_critic: false"),
+        ({"regularizer": {"kind": "none", "critic": True}, "reset_critic": False}, "regularizer.critic"),
     ],
 )
 def test_config_errors_name_the_field(changes: dict, field: str) -> None:
@@ -263,6 +265,16 @@ def test_plots_show_differences_and_signs(tmp_path: Path, monkeypatch) -> None:
     assert colours[0] != colours[1]
     assert [round(bar.get_height(), 6) for bar in bars] == [-0.2, 0.6]
     plt.close("all")
+
+
+def test_the_critic_is_anchored_only_when_asked(tmp_path: Path) -> None:
+    config_dict = {**TINY, "video": False, "evaluation": {"episodes": 1}, "reset_critic": False,
+                   "stages": TINY["stages"][:1], "regularizer": {**TINY["regularizer"], "critic": True}}
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=config_dict)
+    curriculum = Curriculum(config_from_dict(CurriculumConfig, config_dict), run, progress=False)
+    curriculum.run_all()
+    anchored = set(curriculum.model.regularizer.anchors[0])
+    assert {"value_net.weight", "value_net.bias"} <= anchored and "action_net.weight" in anchored
 
 
 def test_what_the_regulariser_leaves_free() -> None:
