@@ -117,6 +117,8 @@ class CurriculumConfig:
     # rollout, n_steps * n_envs, if that is longer); where they fall does not change the results.
     checkpoint_every: int = 25000
     adapt_steps: int = 1  # fast adaptation steps at the start of each stage
+    adapt_stages: Literal["all", "first"] = "all"  # which stages begin with them: every one, or only the first
+    # (later stages start from trained weights, not the meta-learned init, and the step moves every shared weight)
     adapt_episodes: int = 10  # episodes per adaptation step
     inner_lr: float = 0.1  # adaptation step size
     reset_critic: bool = True  # new value function (and optimiser state) at each new stage, see continual.py

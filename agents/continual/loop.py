@@ -340,6 +340,9 @@ class Curriculum:
         params = {name: p.detach() for name, p in self.policy.named_parameters()}
         seed = cfg.seed * 1000 + stage * 10
         deterministic_before = self._evaluate([task], params=[params])[0][0]
+        if cfg.adapt_stages == "first" and stage > 0:  # no adaptation: before and after are the same policy
+            return {"return_before_adapt": deterministic_before, "return_after_adapt": deterministic_before,
+                    "adapted": False}
         first = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params, seed=seed)[0]
         episodes = first
         for k in range(cfg.adapt_steps):
@@ -349,7 +352,7 @@ class Curriculum:
         with torch.no_grad():
             for name, p in self.policy.named_parameters():
                 p.copy_(params[name])
-        return {"return_before_adapt": deterministic_before,
+        return {"return_before_adapt": deterministic_before, "adapted": True,
                 "return_after_adapt": self._evaluate([task], params=[params])[0][0],
                 "stochastic_return_before_adapt": float(first.total_returns().mean()),
                 "stochastic_return_after_adapt": float(episodes.total_returns().mean())}

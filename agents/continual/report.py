@@ -166,7 +166,9 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
         f"# Curriculum report: {run.name}", "",
         f"Robot `{config['robot']}`, initial policy `{config['init']}`, schedule `{config['schedule']}`, "
         f"regulariser `{reg['kind']}` ({strength}), {config['steps_per_stage']:,} PPO steps per "
-        f"stage after {config['adapt_steps']} adaptation step(s), horizon {config['horizon']}, seed {config['seed']}.",
+        f"stage after {config['adapt_steps']} adaptation step(s) "
+        f"({'at every stage' if config.get('adapt_stages', 'all') == 'all' else 'at the first stage only'}), "
+        f"horizon {config['horizon']}, seed {config['seed']}.",
         "",
         f"Wall time of the stages: {seconds / 60:.1f} min. Code: git {origin['git_commit']}; "
         + ", ".join(f"{name} {version}" for name, version in origin.items() if name != "git_commit") + ".",

@@ -277,6 +277,23 @@ def test_the_critic_is_anchored_only_when_asked(tmp_path: Path) -> None:
     assert {"value_net.weight", "value_net.bias"} <= anchored and "action_net.weight" in anchored
 
 
+def test_the_stage_start_adaptation_can_be_kept_to_the_first_stage(tmp_path: Path) -> None:
+    config_dict = {**TINY, "video": False, "evaluation": {"episodes": 1}, "adapt_stages": "first"}
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=config_dict)
+    curriculum = Curriculum(config_from_dict(CurriculumConfig, config_dict), run, progress=False)
+    state = curriculum.run_all()
+    first, second = state.history
+    assert first["adapted"] and "stochastic_return_after_adapt" in first
+    assert not second["adapted"] and second["return_after_adapt"] == second["return_before_adapt"]
+    from agents.continual.report import write_report
+    from agents.runs.config import config_to_dict
+
+    report = write_report(run.root, config_to_dict(curriculum.config), state.to_dict(), [], [])
+    assert "at the first stage only" in report.read_text()
+    with pytest.raises(ValueError, match="adapt_stages"):
+        config_from_dict(CurriculumConfig, {**TINY, "adapt_stages": "none"})
+
+
 def test_what_the_regulariser_leaves_free() -> None:
     from agents.continual.loop import unanchored
 
