@@ -150,6 +150,9 @@ def main() -> None:
     parser.add_argument("--ewc-normalize", choices=["max", "mean", "none"], default="none",
                         help="the raw Fisher (default, as in the literature), or each divided by its max (mean) entry")
     parser.add_argument("--l2-lambda", type=float, nargs="*", default=[1.0], help="L2 strengths to run")
+    parser.add_argument("--replay-lambda", type=float, nargs="*", default=[],
+                        help="behaviour-cloning replay strengths to run (none by default)")
+    parser.add_argument("--memory-size", type=int, default=2048, help="replay: states remembered per task")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="backward-twice",
                         help="which skills, in order")
@@ -171,6 +174,9 @@ def main() -> None:
     suffix = "" if normalize is None else f"_{normalize}"  # runs of each setting apart
     methods |= {f"ewc_{lam:g}{suffix}": {"kind": "ewc", "strength": lam, "normalize": normalize}
                 for lam in args.ewc_lambda}
+    methods |= {f"replay_{lam:g}_m{args.memory_size}": {"kind": "replay", "strength": lam,
+                                                       "memory_size": args.memory_size}
+                for lam in args.replay_lambda}
     for seed in args.seeds:  # every config checked before anything runs
         for config in (reference_configs(seed, args, stages) | method_configs(seed, args, stages, methods)).values():
             config_from_dict(CurriculumConfig, config)
@@ -190,7 +196,7 @@ def main() -> None:
                "hidden_sizes": args.hidden, "task_heads": args.task_heads, "ewc_normalize": args.ewc_normalize,
                "per_seed": {str(seed): scored for seed, scored in per_seed.items()}, "methods": {}}
     seeds_text = ", ".join(map(str, args.seeds))
-    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC", "",
+    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC (vs replay)", "",
              f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, "
              f"policy {args.hidden}{' with one output head per task' if args.task_heads else ''}, seeds {seeds_text}, "
              f"goal in the observation, 5 deterministic evaluation episodes per task; EWC Fisher normalised: "

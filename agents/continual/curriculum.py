@@ -75,7 +75,7 @@ class PPOConfig:
 class RegularizerConfig:
     """What keeps earlier skills: EWC (Fisher-weighted), L2 (unit weights) or none."""
 
-    kind: Literal["ewc", "l2", "none"] = "ewc"
+    kind: Literal["ewc", "l2", "replay", "none"] = "ewc"
     strength: float = 100.0  # lambda: the loss term is strength / 2 * penalty
     mode: Literal["online", "separate"] = "online"
     gamma: float = 1.0  # online decay of older Fishers
@@ -84,6 +84,8 @@ class RegularizerConfig:
     fisher_floor: float = 1e-5  # lower bound on every Fisher entry (Continual World's clip); 0: none
     anchor_log_std: bool = False  # single-head: also anchor the log-std (its large Fisher freezes exploration);
     # with task_heads each task has its own log-std, never anchored
+    memory_size: int = 2048  # replay: states kept per task (with the policy's mean actions on them)
+    replay_batch: int = 256  # replay: remembered states per minibatch penalty
     critic: bool = False  # also anchor the critic, weighted by its Gaussian-likelihood Fisher (reset_critic: false)
 
 
@@ -147,7 +149,9 @@ class CurriculumConfig:
                     "evaluation.eval_every": self.evaluation.eval_every, "video_steps": self.video_steps,
                     "ppo.n_steps": self.ppo.n_steps, "ppo.n_envs": self.ppo.n_envs,
                     "ppo.batch_size": self.ppo.batch_size,
-                    "ppo.n_epochs": self.ppo.n_epochs, "regularizer.fisher_states": self.regularizer.fisher_states}
+                    "ppo.n_epochs": self.ppo.n_epochs, "regularizer.fisher_states": self.regularizer.fisher_states,
+                    "regularizer.memory_size": self.regularizer.memory_size,
+                    "regularizer.replay_batch": self.regularizer.replay_batch}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -160,7 +164,7 @@ class CurriculumConfig:
         if self.regularizer.critic and self.reset_critic:
             raise ValueError("regularizer.critic: anchoring the critic needs reset_critic: false (a fresh critic "
                              "each stage would be pulled back to the old one)")
-        if self.regularizer.critic and self.regularizer.kind == "none":
+        if self.regularizer.critic and self.regularizer.kind not in ("ewc", "l2"):
             raise ValueError("regularizer.critic: needs regularizer.kind ewc or l2")
         if self.num_stages is not None and self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")

@@ -41,7 +41,6 @@ from agents.continual.fisher import Params, fisher_scale
 
 MODES = ("online", "separate")
 NORMALIZATIONS = (None, "max", "mean")
-REGULARIZER_KINDS = ("ewc", "l2", "none")
 FISHER_FLOOR = 1e-5  # Continual World's lower clip of the Fisher (Wolczyk et al. 2021)
 
 
@@ -266,17 +265,3 @@ class L2Regularizer(Regularizer):
             self._weights, self._anchors = [None], [anchor]
         self._num_tasks += 1
 
-
-def make_regularizer(
-    kind: str,
-    *,
-    strength: float = 1.0,
-    mode: str = "online",
-    gamma: float = 1.0,
-    normalize: str | None = None,
-    floor: float = FISHER_FLOOR,
-) -> Regularizer:
-    """Build the regulariser named `kind` ("ewc", "l2" or "none"); see `Regularizer` for the arguments."""
-    _check_choice("kind", kind, REGULARIZER_KINDS)
-    cls = {"ewc": EWC, "l2": L2Regularizer, "none": NoRegularizer}[kind]
-    return cls(strength=strength, mode=mode, gamma=gamma, normalize=normalize, floor=floor)

@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
-from agents.continual.ewc import make_regularizer
+from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
 from agents.meta.maml import adapt
@@ -202,7 +202,10 @@ class Curriculum:
         regularizer = None if reg.kind == "none" else make_regularizer(reg.kind, strength=reg.strength,
                                                                         mode=reg.mode, gamma=reg.gamma,
                                                                         normalize=reg.normalize,
-                                                                        floor=reg.fisher_floor)
+                                                                        floor=reg.fisher_floor,
+                                                                        memory_size=reg.memory_size,
+                                                                        replay_batch=reg.replay_batch,
+                                                                        seed=cfg.seed)
         model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
                        policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
                        **{k: v for k, v in config_to_dict(cfg.ppo).items() if k != "n_envs"})
@@ -263,7 +266,8 @@ class Curriculum:
         if cfg.task_heads:
             self.heads[pool_index] = self.policy.head()
         if self.model.regularizer is not None:
-            self.model.consolidate(None, n_states=cfg.regularizer.fisher_states,
+            reg = cfg.regularizer
+            self.model.consolidate(None, n_states=reg.memory_size if reg.kind == "replay" else reg.fisher_states,
                                    include_critic=cfg.regularizer.critic,
                                    exclude=unanchored(cfg.task_heads, cfg.regularizer.anchor_log_std))
         row, distance = self._evaluate_matrix_row(stage, pool_index)

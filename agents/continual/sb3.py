@@ -50,6 +50,7 @@ from agents.continual.fisher import (
     estimate_fisher,
     value_fisher,
 )
+from agents.continual.replay import BehaviourCloningReplay
 from agents.policy import GaussianMLPPolicy
 
 ACTOR_PREFIXES = ("mlp_extractor.policy_net.", "action_net.", "log_std")
@@ -218,6 +219,8 @@ class EWCPPO(PPO):
             )
         self.regularizer = regularizer
         super().__init__(policy, env, *args, **kwargs)
+        if isinstance(regularizer, BehaviourCloningReplay):
+            regularizer.bind(sb3_actor_fn(self.policy))
 
     def _excluded_save_params(self) -> list[str]:
         # Kept out of SB3's cloudpickled zip: checkpoints save regularizer.state_dict() (weights_only loads).
@@ -227,15 +230,15 @@ class EWCPPO(PPO):
         """Write ∂ regularizer.loss / ∂θ into the (just reset) gradients; return (penalty, weighted loss)."""
         assert self.regularizer is not None
         params = dict(self.policy.named_parameters())
-        with torch.no_grad():
-            penalty = float(self.regularizer.penalty(params))
         if self.regularizer.strength == 0.0:
+            with torch.no_grad():
+                penalty = float(self.regularizer.penalty(params))
             return penalty, 0.0  # nothing to add: leaves PPO's gradients (None after zero_grad) untouched
         with torch.enable_grad():
-            loss = self.regularizer.loss(params)
+            loss = self.regularizer.loss(params)  # one evaluation (replay draws one batch per minibatch)
         if loss.requires_grad:  # false before any consolidation, or for NoRegularizer
             loss.backward()
-        return penalty, float(loss.detach())
+        return float(loss.detach()) / (0.5 * self.regularizer.strength), float(loss.detach())
 
     def train(self) -> None:
         """PPO's update on the current rollout buffer, each minibatch's gradient including the regulariser's."""
@@ -333,11 +336,19 @@ class EWCPPO(PPO):
             **fisher_kwargs: passed to the actor's Fisher estimator (`batch_size`, `num_samples`, `generator`).
 
         Returns:
-            The Fisher just estimated (SB3 parameter names), before any normalisation by the regulariser.
+            The Fisher just estimated (SB3 parameter names), before any normalisation by the regulariser;
+            empty for replay, which remembers the states (and the policy's means on them) instead.
         """
         if self.regularizer is None:
             raise ValueError("regularizer: is None, so there is nothing to consolidate into")
         states = self.task_states(source, n_states, seed)
+        if isinstance(self.regularizer, BehaviourCloningReplay):  # memory, not a Fisher: remember the states
+            params = dict(self.policy.named_parameters())
+            unknown = sorted(set(exclude) - set(params))
+            if unknown:
+                raise ValueError(f"exclude: {unknown} are not parameters of the policy")
+            self.regularizer.remember(torch.as_tensor(states), params, {n: params[n] for n in exclude})
+            return {}
         fisher = sb3_fisher(self.policy, states, method, include_critic, value_noise_std, **fisher_kwargs)
         unknown = sorted(set(exclude) - set(fisher))
         if unknown:

@@ -300,3 +300,19 @@ def test_what_the_regulariser_leaves_free() -> None:
     assert unanchored(task_heads=True, anchor_log_std=False) == ("action_net.weight", "action_net.bias", "log_std")
     assert unanchored(task_heads=False, anchor_log_std=False) == ("log_std",)
     assert unanchored(task_heads=False, anchor_log_std=True) == ()
+
+
+@pytest.mark.expensive
+def test_a_replay_curriculum_remembers_every_stage_and_resumes(tmp_path: Path) -> None:
+    from agents.continual.replay import BehaviourCloningReplay
+
+    config_dict = {**TINY, "video": False, "evaluation": {"episodes": 1},
+                   "regularizer": {"kind": "replay", "strength": 1.0, "memory_size": 32, "replay_batch": 16}}
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=config_dict)
+    curriculum = Curriculum(config_from_dict(CurriculumConfig, config_dict), run, progress=False)
+    curriculum.run_all()
+    memory = curriculum.model.regularizer
+    assert isinstance(memory, BehaviourCloningReplay) and memory.num_tasks == 2
+    assert [m["states"].shape[0] for m in memory.memory] == [32, 32]
+    saved = torch.load(run.root / "checkpoints" / "latest.pt", weights_only=True)["regularizer_state"]
+    assert saved["kind"] == "replay" and len(saved["memory"]) == 2

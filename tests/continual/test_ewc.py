@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.continual.ewc import EWC, L2Regularizer, NoRegularizer, make_regularizer
+from agents.continual.ewc import EWC, L2Regularizer, NoRegularizer
 from agents.continual.fisher import fisher_scale
+from agents.continual.regularizers import make_regularizer
 
 
 def params_of(**values: list[float]) -> dict[str, torch.Tensor]:
@@ -163,7 +164,7 @@ def test_make_regularizer_builds_each_kind_and_rejects_bad_fields() -> None:
     assert isinstance(none, NoRegularizer)
     none.consolidate(params_of(a=[1.0]))
     assert none.num_tasks == 1 and float(none.penalty(params_of(a=[9.0]))) == 0.0
-    with pytest.raises(ValueError, match=r"kind.*'ewc', 'l2', 'none'"):
+    with pytest.raises(ValueError, match=r"kind.*'ewc', 'l2', 'replay', 'none'"):
         make_regularizer("si")
     with pytest.raises(ValueError, match="mode"):
         make_regularizer("ewc", mode="joint")
