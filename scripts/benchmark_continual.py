@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--replay-lambda", type=float, nargs="*", default=[],
                         help="behaviour-cloning replay strengths to run (none by default)")
     parser.add_argument("--memory-size", type=int, default=2048, help="replay: states remembered per task")
+    parser.add_argument("--packnet-share", type=float, nargs="*", default=[],
+                        help="PackNet pruning shares to run (none by default)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     parser.add_argument("--sequence", choices=sorted(SEQUENCES), default="backward-twice",
                         help="which skills, in order")
@@ -177,6 +179,7 @@ def main() -> None:
     methods |= {f"replay_{lam:g}_m{args.memory_size}": {"kind": "replay", "strength": lam,
                                                        "memory_size": args.memory_size}
                 for lam in args.replay_lambda}
+    methods |= {f"packnet_{share:g}": {"kind": "packnet", "prune_share": share} for share in args.packnet_share}
     for seed in args.seeds:  # every config checked before anything runs
         for config in (reference_configs(seed, args, stages) | method_configs(seed, args, stages, methods)).values():
             config_from_dict(CurriculumConfig, config)
@@ -196,7 +199,7 @@ def main() -> None:
                "hidden_sizes": args.hidden, "task_heads": args.task_heads, "ewc_normalize": args.ewc_normalize,
                "per_seed": {str(seed): scored for seed, scored in per_seed.items()}, "methods": {}}
     seeds_text = ", ".join(map(str, args.seeds))
-    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC (vs replay)", "",
+    lines = ["# Continual benchmark: fine-tuning vs L2 vs EWC (vs replay, PackNet)", "",
              f"Cheetah, stages {', '.join(labels)}; {args.steps:,} PPO steps per stage, horizon 200, "
              f"policy {args.hidden}{' with one output head per task' if args.task_heads else ''}, seeds {seeds_text}, "
              f"goal in the observation, 5 deterministic evaluation episodes per task; EWC Fisher normalised: "

@@ -75,7 +75,7 @@ class PPOConfig:
 class RegularizerConfig:
     """What keeps earlier skills: EWC (Fisher-weighted), L2 (unit weights) or none."""
 
-    kind: Literal["ewc", "l2", "replay", "none"] = "ewc"
+    kind: Literal["ewc", "l2", "replay", "packnet", "none"] = "ewc"
     strength: float = 100.0  # lambda: the loss term is strength / 2 * penalty
     mode: Literal["online", "separate"] = "online"
     gamma: float = 1.0  # online decay of older Fishers
@@ -86,6 +86,7 @@ class RegularizerConfig:
     # with task_heads each task has its own log-std, never anchored
     memory_size: int = 2048  # replay: states kept per task (with the policy's mean actions on them)
     replay_batch: int = 256  # replay: remembered states per minibatch penalty
+    prune_share: float = 0.5  # packnet: share of the free weights released after each task
     critic: bool = False  # also anchor the critic, weighted by its Gaussian-likelihood Fisher (reset_critic: false)
 
 
@@ -166,6 +167,11 @@ class CurriculumConfig:
                              "each stage would be pulled back to the old one)")
         if self.regularizer.critic and self.regularizer.kind not in ("ewc", "l2"):
             raise ValueError("regularizer.critic: needs regularizer.kind ewc or l2")
+        if self.regularizer.kind == "packnet" and self.schedule != "fixed":
+            raise ValueError(f"regularizer.kind: packnet needs schedule fixed (a retrained task would have no free "
+                             f"weights of its own), got schedule {self.schedule!r}")
+        if not 0 < self.regularizer.prune_share < 1:
+            raise ValueError(f"regularizer.prune_share must be in (0, 1), got {self.regularizer.prune_share}")
         if self.num_stages is not None and self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
         if self.init != "scratch" and not Path(self.init).is_file():

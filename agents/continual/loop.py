@@ -27,8 +27,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
+from agents.continual.packnet import PackNet
 from agents.continual.regularizers import make_regularizer
-from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_policy_kwargs, sb3_to_policy
+from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
 from agents.meta.maml import adapt
 from agents.policy import GaussianMLPPolicy, Params
@@ -205,7 +206,8 @@ class Curriculum:
                                                                         floor=reg.fisher_floor,
                                                                         memory_size=reg.memory_size,
                                                                         replay_batch=reg.replay_batch,
-                                                                        seed=cfg.seed)
+                                                                        seed=cfg.seed,
+                                                                        prune_share=reg.prune_share)
         model = EWCPPO("MlpPolicy", self._make_env(self.pool_tasks[0]), regularizer=regularizer,
                        policy_kwargs=sb3_policy_kwargs(self.policy), seed=cfg.seed, device="cpu", verbose=0,
                        **{k: v for k, v in config_to_dict(cfg.ppo).items() if k != "n_envs"})
@@ -262,14 +264,14 @@ class Curriculum:
             progress = StageProgress(**paused["progress"])
         self._train(task, progress, paused)
         curve = progress.curve
-        self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
-        if cfg.task_heads:
-            self.heads[pool_index] = self.policy.head()
-        if self.model.regularizer is not None:
+        if self.model.regularizer is not None:  # (PackNet prunes the SB3 weights here, so it comes first)
             reg = cfg.regularizer
             self.model.consolidate(None, n_states=reg.memory_size if reg.kind == "replay" else reg.fisher_states,
                                    include_critic=cfg.regularizer.critic,
                                    exclude=unanchored(cfg.task_heads, cfg.regularizer.anchor_log_std))
+        self.policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
+        if cfg.task_heads:
+            self.heads[pool_index] = self.policy.head()
         row, distance = self._evaluate_matrix_row(stage, pool_index)
         held_out = self._evaluate(self.held_out_tasks)[0] if self.held_out_tasks else []
         # The ladder's criterion, judged for every schedule: the trained policy covers the distance.
@@ -349,8 +351,11 @@ class Curriculum:
                     "adapted": False}
         first = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params, seed=seed)[0]
         episodes = first
+        packnet = self.model.regularizer if isinstance(self.model.regularizer, PackNet) else None
         for k in range(cfg.adapt_steps):
-            params = {n: p.detach() for n, p in adapt(self.policy, params, episodes, cfg.inner_lr, True).items()}
+            adapted = {n: p.detach() for n, p in adapt(self.policy, params, episodes, cfg.inner_lr, True).items()}
+            # PackNet: earlier tasks' weights stay theirs, the step moves only the free ones.
+            params = adapted if packnet is None else packnet.keep_frozen(adapted, params, sb3_names(self.policy))
             episodes = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params,
                                            seed=seed + k + 1)[0]
         with torch.no_grad():
@@ -434,9 +439,13 @@ class Curriculum:
         return returns, distances
 
     def _task_params(self, pool_index: int) -> Params:
-        """The current parameters with pool task `pool_index`'s head (the current head if it has none)."""
+        """The current parameters as pool task `pool_index` uses them: its own head (the current head
+        if it has none); with PackNet only the weights of tasks up to it (a fixed schedule's stage)."""
         head = self.heads.get(pool_index)
-        return self.policy.with_head(head if head is not None else self.policy.head())
+        params = self.policy.with_head(head if head is not None else self.policy.head())
+        if isinstance(self.model.regularizer, PackNet):
+            params = self.model.regularizer.task_params(params, pool_index, sb3_names(self.policy))
+        return params
 
     def _random_references(self) -> tuple[list[float], list[float]]:
         """Returns of a randomly initialised policy (the 0 of the normalisation)."""
@@ -450,7 +459,8 @@ class Curriculum:
         cfg = self.config
         seen = [record["pool_index"] for record in self.state.history] + [pool_index]
         columns = self._matrix_columns(seen)
-        params = [self._task_params(i) for i in columns] if cfg.task_heads else None
+        per_task = cfg.task_heads or isinstance(self.model.regularizer, PackNet)
+        params = [self._task_params(i) for i in columns] if per_task else None
         returns, distances = self._evaluate([self.pool_tasks[i] for i in columns], params=params)
         n_columns = self.schedule.total_stages()
         row = [math.nan] * n_columns

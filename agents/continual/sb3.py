@@ -50,6 +50,7 @@ from agents.continual.fisher import (
     estimate_fisher,
     value_fisher,
 )
+from agents.continual.packnet import PackNet
 from agents.continual.replay import BehaviourCloningReplay
 from agents.policy import GaussianMLPPolicy
 
@@ -259,6 +260,8 @@ class EWCPPO(PPO):
 
         # PPO.train() calls zero_grad exactly once per minibatch, right before loss.backward().
         optimizer.zero_grad = zero_grad_then_penalty  # type: ignore[method-assign]
+        if isinstance(self.regularizer, PackNet):
+            optimizer.step = self._packnet_step(optimizer.step)  # type: ignore[method-assign]
         try:
             super().train()
         finally:
@@ -266,9 +269,31 @@ class EWCPPO(PPO):
                 optimizer.zero_grad = reset  # type: ignore[method-assign]
             else:
                 del optimizer.zero_grad
+            if "step" in vars(optimizer):
+                del optimizer.step
         if penalties:  # empty only if target_kl stopped before the first step
             self.logger.record("train/ewc_penalty", float(np.mean(penalties)))
             self.logger.record("train/ewc_loss", float(np.mean(losses)))
+
+    def _packnet_step(self, step: Any) -> Any:
+        """`step` that leaves the weights earlier tasks own as they were: their gradients are zeroed
+        before it, and their values restored after it (Adam's momentum would move them otherwise)."""
+        assert isinstance(self.regularizer, PackNet)
+        params = dict(self.policy.named_parameters())
+        masks = {name: mask for name in params if (mask := self.regularizer.frozen(name)) is not None}
+        kept = {name: params[name].detach()[mask].clone() for name, mask in masks.items()}
+
+        def frozen_step(*args: Any, **kwargs: Any) -> Any:
+            for name, mask in masks.items():
+                if params[name].grad is not None:
+                    params[name].grad[mask] = 0.0
+            out = step(*args, **kwargs)
+            with torch.no_grad():
+                for name, mask in masks.items():
+                    params[name][mask] = kept[name]
+            return out
+
+        return frozen_step
 
     def task_states(self, source: StateSource = None, n_states: int = 2048, seed: int | None = None) -> np.ndarray:
         """Up to `n_states` observations `[n, obs_dim]` of the task just learned.
@@ -341,6 +366,13 @@ class EWCPPO(PPO):
         """
         if self.regularizer is None:
             raise ValueError("regularizer: is None, so there is nothing to consolidate into")
+        if isinstance(self.regularizer, PackNet):  # no states needed: prune and freeze the actor's weights
+            params = dict(self.policy.named_parameters())
+            unknown = sorted(set(exclude) - set(params))
+            if unknown:
+                raise ValueError(f"exclude: {unknown} are not parameters of the policy")
+            self.regularizer.assign(params, [n for n in actor_param_names(self.policy) if n not in set(exclude)])
+            return {}
         states = self.task_states(source, n_states, seed)
         if isinstance(self.regularizer, BehaviourCloningReplay):  # memory, not a Fisher: remember the states
             params = dict(self.policy.named_parameters())

@@ -316,3 +316,36 @@ def test_a_replay_curriculum_remembers_every_stage_and_resumes(tmp_path: Path) -
     assert [m["states"].shape[0] for m in memory.memory] == [32, 32]
     saved = torch.load(run.root / "checkpoints" / "latest.pt", weights_only=True)["regularizer_state"]
     assert saved["kind"] == "replay" and len(saved["memory"]) == 2
+
+
+@pytest.mark.expensive
+def test_a_packnet_curriculum_keeps_the_first_tasks_weights_exactly(tmp_path: Path) -> None:
+    from agents.continual.packnet import FREE, PackNet
+
+    config_dict = {**TINY, "video": False, "evaluation": {"episodes": 1},
+                   "regularizer": {"kind": "packnet", "prune_share": 0.5}}
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=config_dict)
+    curriculum = Curriculum(config_from_dict(CurriculumConfig, config_dict), run, progress=False)
+    first_stage = {}
+    original = curriculum.model.consolidate
+
+    def remember_then_consolidate(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not first_stage:  # stage 0 just pruned: what task 0 owns now must never change
+            first_stage.update({n: p.detach().clone() for n, p in curriculum.model.policy.named_parameters()})
+        return result
+
+    curriculum.model.consolidate = remember_then_consolidate
+    state = curriculum.run_all()
+    pack = curriculum.model.regularizer
+    assert isinstance(pack, PackNet) and pack.num_tasks == 2
+    now = dict(curriculum.model.policy.named_parameters())
+    for name, owners in pack.owners.items():
+        mask = owners == 0
+        assert torch.equal(now[name].detach()[mask], first_stage[name][mask]), name
+        assert bool((owners != FREE).any())
+    # Task 0 is evaluated on its own weights: evaluating it again that way gives the recorded return.
+    again = curriculum._evaluate([curriculum.pool_tasks[0]], params=[curriculum._task_params(0)])[0][0]
+    assert again == pytest.approx(state.matrix[-1][0])
+    with pytest.raises(ValueError, match="packnet needs schedule fixed"):
+        config_from_dict(CurriculumConfig, {**config_dict, "schedule": "ladder"})

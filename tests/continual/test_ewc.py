@@ -164,7 +164,7 @@ def test_make_regularizer_builds_each_kind_and_rejects_bad_fields() -> None:
     assert isinstance(none, NoRegularizer)
     none.consolidate(params_of(a=[1.0]))
     assert none.num_tasks == 1 and float(none.penalty(params_of(a=[9.0]))) == 0.0
-    with pytest.raises(ValueError, match=r"kind.*'ewc', 'l2', 'replay', 'none'"):
+    with pytest.raises(ValueError, match=r"kind.*'ewc', 'l2', 'replay', 'packnet', 'none'"):
         make_regularizer("si")
     with pytest.raises(ValueError, match="mode"):
         make_regularizer("ewc", mode="joint")
