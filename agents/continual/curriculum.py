@@ -16,7 +16,6 @@ the regulariser that keeps earlier skills, evaluation settings and seeds. Schedu
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -114,6 +113,7 @@ class CurriculumConfig:
     stages: list[StageConfig] = field(default_factory=list)
     num_stages: int | None = None  # adaptive: stages to run (default: the pool's size)
     adaptive_criterion: Literal["progress", "weakest"] = "progress"
+    adaptive_epsilon: float = 0.2  # adaptive: share of stages on a uniformly drawn task (greedy alone locks on one)
     max_retries: int = 1  # ladder: extra tries of a missed rung
     steps_per_stage: int = 20000  # PPO env steps per stage
     # Env steps between checkpoints inside a stage: a kill loses at most this many (or one PPO
@@ -160,6 +160,8 @@ class CurriculumConfig:
                             "regularizer.strength": self.regularizer.strength}.items():
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.adaptive_epsilon <= 1:
+            raise ValueError(f"adaptive_epsilon must be in [0, 1], got {self.adaptive_epsilon}")
         if not self.inner_lr > 0 or not self.ppo.learning_rate > 0:
             raise ValueError("inner_lr and ppo.learning_rate must be > 0")
         if self.regularizer.critic and self.reset_critic:
@@ -198,9 +200,11 @@ class Schedule:
         """Pool index of the next stage, or None when the curriculum is over.
 
         Args:
-            history: one record per finished stage: {"pool_index", "success"}.
-            pool_returns: for each pool entry, its normalised evaluated returns so far (one
-                value per evaluation, oldest first).
+            history: one record per finished stage: {"pool_index", "success", and for the
+                adaptive schedule "value_before": the trained task's return minus the random
+                init's, evaluated just before the stage's adaptation and training}.
+            pool_returns: for each pool entry, its evaluated returns minus the random init's so far
+                (one value per evaluation, oldest first).
         """
         if len(history) >= self.total_stages():
             return None
@@ -223,7 +227,22 @@ class Schedule:
         untried = [i for i in range(len(self.pool)) if i not in trained]
         if untried:
             return untried[0]
+        # Epsilon-greedy (Matiisen et al. 2019's teacher): a greedy choice alone locked onto one task
+        # while the others decayed. The draw depends only on (seed, stage), so resuming repeats it.
+        rng = np.random.default_rng([self.config.seed, len(history), 99])
+        if rng.random() < self.config.adaptive_epsilon:
+            return int(rng.integers(len(self.pool)))
+        return int(np.argmax(self.scores(history, pool_returns)))
+
+    def scores(self, history: list[dict], pool_returns: list[list[float]]) -> list[float]:
+        """The adaptive criterion per pool entry (higher: train it next), every entry trained once.
+
+        - "progress": |return now - return just before the task's latest training stage| (the
+          record's `value_before`): learning since it was last trained, or forgetting since.
+        - "weakest": minus the return now as a share of the best the task has reached, so tasks
+          with returns of different sizes compare.
+        """
         if self.config.adaptive_criterion == "weakest":
-            return int(np.argmin([returns[-1] for returns in pool_returns]))
-        progress = [abs(r[-1] - r[-2]) if len(r) >= 2 else math.inf for r in pool_returns]
-        return int(np.argmax(progress))
+            return [-(returns[-1] / max(max(abs(v) for v in returns), 1e-8)) for returns in pool_returns]
+        last_before = {record["pool_index"]: record["value_before"] for record in history}
+        return [abs(pool_returns[i][-1] - last_before[i]) for i in range(len(self.pool))]

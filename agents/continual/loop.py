@@ -286,6 +286,7 @@ class Curriculum:
             "label": cfg.stages[pool_index].label,
             "task": task.to_dict(),
             **progress.adaptation,
+            "value_before": progress.adaptation["return_before_adapt"] - self.state.random_returns[pool_index],
             "return_after_training": row[stage],
             "distance": distance,
             "success": bool(success),

@@ -232,3 +232,46 @@ def matrix_to_markdown(
         cells = ["–" if math.isnan(x) else f"{x:.{precision}f}" for x in r[i]]
         lines.append(f"| {i}: {names[i]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def task_view(matrix: ArrayLike, trained: Sequence[int]) -> tuple[np.ndarray, list[int], list[int]]:
+    """A stage-by-stage matrix with one column per *task*, for schedules that retrain a task.
+
+    Ladder and adaptive schedules give R one column per stage, so a retrained task would count
+    twice in every average. Here each task (pool index) keeps one column, the first of its
+    repeats, and is judged against its *last* training stage.
+
+    Args:
+        matrix: `[S, S]` R with column k the task trained at stage k (`trained[k]`).
+        trained: the pool index trained at each stage.
+
+    Returns:
+        (`[S, T]` matrix with one column per task in first-trained order, the tasks' pool indices,
+        for each task the last stage that trained it).
+    """
+    r = np.asarray(matrix, dtype=float)
+    if r.ndim != 2 or r.shape[1] < len(trained) or r.shape[0] != len(trained):
+        raise ValueError(f"matrix: need [S, >= S] for {len(trained)} stages, got shape {r.shape}")
+    tasks = list(dict.fromkeys(int(t) for t in trained))
+    first = [list(trained).index(t) for t in tasks]
+    last = [len(trained) - 1 - list(reversed(trained)).index(t) for t in tasks]
+    return r[:, first], tasks, last
+
+
+def task_summary(matrix: ArrayLike, last_trained: Sequence[int]) -> dict[str, float]:
+    """Average performance, forgetting, learning accuracy over tasks of a `task_view` matrix.
+
+    - average performance: mean over tasks of the final row;
+    - learning accuracy: mean over tasks of R[last_j][j], each task after its last training stage;
+    - forgetting: mean over tasks not trained in the final stage of R[last_j][j] − R[S-1][j]
+      (NaN if every task was);
+    - backward transfer: minus the forgetting.
+    With each task trained once, at its own stage, these equal the square-matrix definitions above.
+    """
+    r = np.asarray(matrix, dtype=float)
+    final = r.shape[0] - 1
+    after_own = np.array([r[stage, j] for j, stage in enumerate(last_trained)])
+    earlier = [j for j, stage in enumerate(last_trained) if stage < final]
+    forgot = float(np.mean([after_own[j] - r[final, j] for j in earlier])) if earlier else math.nan
+    return {"average_performance": float(r[final].mean()), "average_forgetting": forgot,
+            "learning_accuracy": float(after_own.mean()), "backward_transfer": -forgot}

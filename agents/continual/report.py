@@ -16,11 +16,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from agents.continual.metrics import (
-    average_forgetting,
-    average_performance,
-    backward_transfer,
     forgetting,
     matrix_to_markdown,
+    task_summary,
+    task_view,
 )
 from agents.runs.atomic import atomic_write_text
 from agents.runs.provenance import provenance
@@ -44,18 +43,13 @@ def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequenc
     return (raw - low) / np.where(undefined, np.nan, span), note
 
 
-def summary(matrix_norm: np.ndarray) -> dict[str, float]:
-    """Average performance, forgetting and backward transfer of a square normalised matrix
-    (NaN when a task's normalisation is undefined)."""
-    n = min(matrix_norm.shape)
-    square = matrix_norm[:n, :n]
-    if not np.isfinite(np.tril(square)).all():
-        return {"average_performance": math.nan, "average_forgetting": math.nan, "backward_transfer": math.nan}
-    return {
-        "average_performance": average_performance(square),
-        "average_forgetting": average_forgetting(square),
-        "backward_transfer": backward_transfer(square),
-    }
+def summary(matrix_norm: np.ndarray, trained: Sequence[int]) -> dict[str, float]:
+    """Average performance, forgetting, learning accuracy and backward transfer of a normalised
+    matrix, one count per task however often it was trained (`task_view`; NaN when a task's
+    normalisation is undefined)."""
+    n = len(trained)
+    by_task, _, last = task_view(matrix_norm[:n, :n], trained)
+    return task_summary(by_task, last)
 
 
 def plot_curves(curves: Sequence[Sequence[Sequence[float]]], labels: Sequence[str], path: Path,
@@ -146,7 +140,7 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
     labels = [record["label"] for record in history]
     matrix = np.asarray(state["matrix"], dtype=float)[:, : len(history)]
     matrix_norm, note = normalised_matrix(matrix, [state["random_returns"][r["pool_index"]] for r in history])
-    figures = summary(matrix_norm)
+    figures = summary(matrix_norm, [record["pool_index"] for record in history])
     plots = run / "plots"
     images = [plot_curves(state["curves"], labels, plots / "learning_curves.png",
                           [record["return_after_training"] for record in history]),

@@ -1,6 +1,7 @@
 """Curricula end to end: artefacts, resume after a kill, config errors, no silent overwrite."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -158,7 +159,7 @@ def test_normalisation_is_undefined_where_nothing_beat_the_random_policy() -> No
     matrix, _ = normalised_matrix([[50.0, -60.0], [40.0, -50.0]], [0.0, 10.0])
     assert matrix[0, 0] == 1.0 and matrix[1, 0] == 0.8
     assert math.isnan(matrix[0, 1]) and math.isnan(matrix[1, 1])
-    assert math.isnan(summary(matrix)["average_performance"])
+    assert math.isnan(summary(matrix, [0, 1])["average_performance"])
 
 
 def test_schedules_choose_stages() -> None:
@@ -172,16 +173,33 @@ def test_schedules_choose_stages() -> None:
     history.append({"pool_index": 1, "success": False})
     assert ladder.next_stage(history, []) is None, "then the ladder stops"
 
-    adaptive = Schedule(config_from_dict(CurriculumConfig, {**TINY, "stages": stages, "schedule": "adaptive",
-                                                            "num_stages": 5}))
-    done = [{"pool_index": i, "success": False} for i in range(3)]
+    greedy = {**TINY, "stages": stages, "schedule": "adaptive", "num_stages": 9, "adaptive_epsilon": 0.0}
+    adaptive = Schedule(config_from_dict(CurriculumConfig, greedy))
+    done = [{"pool_index": i, "success": False, "value_before": 0.0} for i in range(3)]
     assert adaptive.next_stage(done[:1], [[1.0], [], []]) == 1, "untried tasks first"
-    assert adaptive.next_stage(done, [[1.0, 1.1], [0.0, 2.0], [3.0, 3.0]]) == 1, "largest learning progress"
-    weakest = Schedule(config_from_dict(CurriculumConfig, {**TINY, "stages": stages, "schedule": "adaptive",
-                                                           "adaptive_criterion": "weakest"}))
+    # Progress is measured since each task's latest training, not since the previous stage: task 0
+    # moved little in the last stage (1.9 -> 2.0) but 2.0 since it was trained from 0.
+    returns = [[1.9, 2.0], [0.0, 1.0, 1.5], [3.0, 3.0]]
+    history = [*done, {"pool_index": 1, "success": False, "value_before": 1.0}]
+    assert adaptive.scores(history, returns) == pytest.approx([2.0, 0.5, 3.0])
+    history.append({"pool_index": 2, "success": False, "value_before": 2.9})
+    assert adaptive.next_stage(history, returns) == 0, "largest progress since its own training"
+    # A task evaluated once has a finite score (it scored inf, and was retrained at once, before).
+    assert all(math.isfinite(v) for v in adaptive.scores(done, [[1.0], [0.5], [3.0]]))
+
+    weakest = Schedule(config_from_dict(CurriculumConfig, {**greedy, "adaptive_criterion": "weakest",
+                                                           "num_stages": None}))
     assert weakest.next_stage(done, [[1.0], [0.5], [3.0]]) is None, "num_stages defaults to the pool size"
     weakest.config.num_stages = 4
-    assert weakest.next_stage(done, [[1.0], [0.5], [3.0]]) == 1
+    # Scale-free: task 2 at 30 of its best 300 is weaker than task 1 at 0.5 of its best 0.6.
+    assert weakest.next_stage(done, [[1.0, 1.0], [0.6, 0.5], [300.0, 30.0]]) == 2
+
+    # Epsilon-greedy: not locked onto the greedy choice, and a function of (seed, stage).
+    explore = Schedule(config_from_dict(CurriculumConfig, {**greedy, "num_stages": 1000, "adaptive_epsilon": 0.3}))
+    locked = [{"pool_index": i % 3, "success": False, "value_before": 0.0} for i in range(3)]
+    picks = [explore.next_stage(locked + [locked[0]] * k, [[5.0], [0.1], [0.1]]) for k in range(300)]
+    assert picks.count(0) > 200 and picks.count(1) > 10 and picks.count(2) > 10
+    assert picks == [explore.next_stage(locked + [locked[0]] * k, [[5.0], [0.1], [0.1]]) for k in range(300)]
 
 
 def test_a_new_stage_gets_a_fresh_critic_and_keeps_the_actor(tmp_path: Path) -> None:

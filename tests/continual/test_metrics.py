@@ -148,3 +148,25 @@ def test_markdown_table() -> None:
     assert lines[4] == "| 2: a\\|b | 0.50 | 0.70 | 1.00 |"
     with pytest.raises(ValueError, match="task_names"):
         matrix_to_markdown(R, task_names=["x"])
+
+
+def test_a_retrained_task_counts_once() -> None:
+    from agents.continual.metrics import task_summary, task_view
+
+    nan = float("nan")
+    # Ladder: task 0, then task 1 failed and retried. Columns are stages (task 1 twice).
+    staged = [[0.9, nan, nan], [0.7, 0.4, 0.4], [0.5, 0.8, 0.8]]
+    by_task, tasks, last = task_view(staged, [0, 1, 1])
+    assert tasks == [0, 1] and last == [0, 2]
+    np.testing.assert_allclose(by_task, [[0.9, nan], [0.7, 0.4], [0.5, 0.8]])
+    figures = task_summary(by_task, last)
+    assert figures["average_performance"] == pytest.approx(0.65)  # (0.5 + 0.8) / 2, not (0.5 + 0.8 + 0.8) / 3
+    assert figures["learning_accuracy"] == pytest.approx((0.9 + 0.8) / 2)
+    assert figures["average_forgetting"] == pytest.approx(0.4)  # only task 0; task 1 trained last
+    # Each task trained once, at its own stage: the square-matrix definitions.
+    square = np.array([[0.9, 0.1, 0.0], [0.7, 0.6, 0.2], [0.5, 0.5, 0.8]])
+    view, _, own = task_view(square, [0, 1, 2])
+    once = task_summary(view, own)
+    assert once["average_performance"] == pytest.approx(average_performance(square))
+    assert once["average_forgetting"] == pytest.approx(average_forgetting(square))
+    assert once["learning_accuracy"] == pytest.approx(learning_accuracy(square))
