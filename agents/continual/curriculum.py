@@ -97,6 +97,8 @@ class EvaluationConfig:
     held_out: list[StageConfig] = field(default_factory=list)  # never trained: generalisation
     success_distance: float = 3.0  # metres covered on average for a stage to succeed (the ladder's rung test)
     eval_every: int = 5000  # ladder: env steps between success checks within a stage
+    curve_every: int = 0  # env steps between deterministic evaluations of the stage's task while it trains
+    # (the evaluation curve that forward transfer is measured on); 0: none
 
 
 @dataclass
@@ -160,6 +162,8 @@ class CurriculumConfig:
                             "regularizer.strength": self.regularizer.strength}.items():
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.evaluation.curve_every < 0:
+            raise ValueError(f"evaluation.curve_every must be >= 0 (0: no curve), got {self.evaluation.curve_every}")
         if not 0 <= self.adaptive_epsilon <= 1:
             raise ValueError(f"adaptive_epsilon must be in [0, 1], got {self.adaptive_epsilon}")
         if not self.inner_lr > 0 or not self.ppo.learning_rate > 0:

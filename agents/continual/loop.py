@@ -63,6 +63,8 @@ class CurriculumState:
     held_out: list[list[float]] = field(default_factory=list)  # raw held-out returns after each stage
     pool_returns: list[list[float]] = field(default_factory=list)  # per pool entry, normalised evals
     curves: list[list[list[float]]] = field(default_factory=list)  # per stage: [env step, mean return]
+    # per stage: [env step, deterministic return] every evaluation.curve_every steps (empty when 0)
+    eval_curves: list[list[list[float]]] = field(default_factory=list)
     random_returns: list[float] = field(default_factory=list)  # random-init return of each pool task
     random_held_out: list[float] = field(default_factory=list)
     retries: int = 0
@@ -83,6 +85,7 @@ class StageProgress:
     start: int  # the model's num_timesteps when the stage's training began
     saved_at: int  # num_timesteps of the newest checkpoint (the stage's start until one is taken)
     curve: list[list[float]] = field(default_factory=list)  # [env step in the stage, mean return]
+    eval_curve: list[list[float]] = field(default_factory=list)  # [env step in the stage, deterministic return]
     seconds: float = 0.0  # wall time spent on the stage before this process took it over
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -111,6 +114,13 @@ class _StageCallback(BaseCallback):
         return True
 
     def _on_rollout_start(self) -> None:
+        # Between two updates the policy is the one trained on `done` steps: evaluate it when
+        # another multiple of curve_every has passed (before any checkpoint, so it holds the point).
+        done = self.model.num_timesteps - self.progress.start
+        every = self.curriculum.config.evaluation.curve_every
+        last = self.progress.eval_curve[-1][0] if self.progress.eval_curve else 0
+        if every and done // every > last // every:
+            self.progress.eval_curve.append([done, self.curriculum.evaluate_training_policy(self.progress)])
         now = self.model.num_timesteps
         rollout = self.model.n_steps * self.model.n_envs
         if now > self.progress.saved_at and now - self.progress.saved_at + rollout > self.every:
@@ -121,6 +131,7 @@ class _StageCallback(BaseCallback):
         if self.model.ep_info_buffer:
             mean_return = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
             self.progress.curve.append([done, mean_return])
+
         if self.bar is not None:  # PPO collects whole rollouts: the last one may end past the budget
             shown = min(done, self.bar.total)
             self.bar.update(shown - self._shown)
@@ -260,6 +271,8 @@ class Curriculum:
                 self._fresh_critic(stage)
             start = int(self.model.num_timesteps)
             progress = StageProgress(stage, pool_index, adaptation, start=start, saved_at=start)
+            if cfg.evaluation.curve_every:  # the curve starts where training starts: after the adaptation
+                progress.eval_curve.append([0, adaptation["return_after_adapt"]])
         else:
             progress = StageProgress(**paused["progress"])
         self._train(task, progress, paused)
@@ -279,6 +292,11 @@ class Curriculum:
         self.state.matrix.append(row)
         self.state.held_out.append(held_out)
         self.state.curves.append(curve)
+        if cfg.evaluation.curve_every:  # and ends with the stage's evaluation
+            trained = int(self.model.num_timesteps - progress.start)
+            if progress.eval_curve[-1][0] < trained:
+                progress.eval_curve.append([trained, row[stage]])
+        self.state.eval_curves.append(progress.eval_curve)
         record = {
             "step": stage + 1,
             "stage": stage,
@@ -438,6 +456,12 @@ class Curriculum:
         returns = [float(e.total_returns().mean()) for e in episodes]
         distances = [float(e.info["distance"].mean()) for e in episodes]
         return returns, distances
+
+    def evaluate_training_policy(self, progress: StageProgress) -> float:
+        """The deterministic return of the policy PPO is training, on the stage's task (as R measures it)."""
+        policy = sb3_to_policy(self.model.policy, self.policy.min_log_std)
+        params = {name: p.detach() for name, p in policy.named_parameters()}
+        return self._evaluate([self.pool_tasks[progress.pool_index]], params=[params])[0][0]
 
     def _task_params(self, pool_index: int) -> Params:
         """The current parameters as pool task `pool_index` uses them: its own head (the current head

@@ -367,3 +367,18 @@ def test_a_packnet_curriculum_keeps_the_first_tasks_weights_exactly(tmp_path: Pa
     assert again == pytest.approx(state.matrix[-1][0])
     with pytest.raises(ValueError, match="packnet needs schedule fixed"):
         config_from_dict(CurriculumConfig, {**config_dict, "schedule": "ladder"})
+
+
+def test_a_stage_records_a_deterministic_evaluation_curve(tmp_path: Path) -> None:
+    config_dict = {**TINY, "video": False, "evaluation": {"episodes": 1, "curve_every": 64}}
+    run = prepare_run_dir(tmp_path / "run", resume=False, force=False, config=config_dict)
+    curriculum = Curriculum(config_from_dict(CurriculumConfig, config_dict), run, progress=False)
+    state = curriculum.run_all()
+    for stage, (curve, record) in enumerate(zip(state.eval_curves, state.history, strict=True)):
+        steps = [point[0] for point in curve]
+        assert steps[0] == 0 and curve[0][1] == record["return_after_adapt"], "starts after the adaptation"
+        assert steps == sorted(steps) and len(steps) >= 3  # 128 steps, one point per 64 crossed, then the end
+        assert curve[-1][1] == pytest.approx(state.matrix[stage][stage]), "ends with the stage's evaluation"
+    assert not Curriculum(config_from_dict(CurriculumConfig, TINY), prepare_run_dir(
+        tmp_path / "off", resume=False, force=False, config=TINY), progress=False).state.eval_curves
+
