@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from agents.continual.curriculum import CurriculumConfig
+from agents.continual.curriculum import CurriculumConfig, RegularizerConfig
 from agents.continual.loop import Curriculum, check_curriculum
 from agents.continual.report import write_report
 from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
@@ -49,8 +50,16 @@ def main() -> None:
                                 steps=config.video_steps, labels=labels, height_scan=config.height_scan,
                                 goal_in_obs=config.goal_in_obs, progress=not args.no_progress)
         videos.append(path)
+    baseline = None
+    if config.baseline == "finetune":  # the same stages, budget and seed without a regulariser
+        print("baseline: the same curriculum, fine-tuned without a regulariser")
+        plain = dataclasses.replace(config, regularizer=RegularizerConfig(kind="none"), baseline="none", video=False)
+        folder = run.root / "baseline_finetune"
+        started = folder.is_dir() and any(folder.iterdir())
+        baseline_run = prepare_run_dir(folder, resume=started, config=config_to_dict(plain))
+        baseline = Curriculum(plain, baseline_run, progress=not args.no_progress).run_all().to_dict()
     report = write_report(run.root, config_dict, state.to_dict(),
-                          [stage.label for stage in config.evaluation.held_out], videos)
+                          [stage.label for stage in config.evaluation.held_out], videos, baseline)
     print(f"report: {report.resolve()}")
 
 

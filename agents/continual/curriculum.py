@@ -134,6 +134,7 @@ class CurriculumConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    baseline: Literal["none", "finetune"] = "none"  # also run the same stages without a regulariser, to compare
     video: bool = True  # render the final policy on every stage's terrain
     video_steps: int = 200
     seed: int = 0

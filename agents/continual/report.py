@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from agents.continual.metrics import (
 )
 from agents.runs.atomic import atomic_write_text
 from agents.runs.provenance import provenance
+from agents.runs.stats import mean_confidence_interval
 
 
 def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequence[float]) -> tuple[np.ndarray, str]:
@@ -41,6 +42,32 @@ def normalised_matrix(matrix: Sequence[Sequence[float]], random_returns: Sequenc
     if undefined.any():
         note += "; tasks where no stage beat the random policy are left undefined (NaN)"
     return (raw - low) / np.where(undefined, np.nan, span), note
+
+
+def adaptation_verdict(history: Sequence[dict]) -> tuple[str, dict[str, float]]:
+    """Did the stage-start adaptation help? The paired gain (deterministic return after minus before,
+    per adapted stage) with a 95% t-interval across those stages, as a sentence and figures."""
+    gains = [r["return_after_adapt"] - r["return_before_adapt"] for r in history if r.get("adapted", True)]
+    if not gains:
+        return "No stage began with an adaptation.", {}
+    mean, low, high = mean_confidence_interval(gains)
+    figures = {"adaptation_gain": mean, "adaptation_gain_low": low, "adaptation_gain_high": high,
+               "adapted_stages": len(gains)}
+    if len(gains) == 1:
+        return f"The stage-start adaptation changed the return by {mean:+.1f} (one stage: no interval).", figures
+    verdict = ("helped" if low > 0 else "hurt") if not low <= 0 <= high else "is indistinguishable from zero"
+    return (f"The stage-start adaptation changed the deterministic return by {mean:+.1f} "
+            f"[{low:+.1f}, {high:+.1f}] (95% t-interval over {len(gains)} stages, paired): it {verdict}.", figures)
+
+
+def regulariser_verdict(kind: str, figures: Mapping[str, float], baseline: Mapping[str, float]) -> str:
+    """The regulariser against fine-tuning on the same stages, budget and seed (one run each)."""
+    ours, theirs = figures["average_forgetting"], baseline["average_forgetting"]
+    kept = "kept earlier skills better than" if ours < theirs else "did not keep earlier skills better than"
+    return (f"`{kind}` {kept} fine-tuning on the same stages: average forgetting {ours:.3f} vs {theirs:.3f}, "
+            f"average performance {figures['average_performance']:.3f} vs {baseline['average_performance']:.3f}, "
+            f"learning accuracy {figures['learning_accuracy']:.3f} vs {baseline['learning_accuracy']:.3f} "
+            "(normalised on both runs' best returns; one seed each, so no interval).")
 
 
 def summary(matrix_norm: np.ndarray, trained: Sequence[int]) -> dict[str, float]:
@@ -134,13 +161,27 @@ def _markdown_with_nan(matrix: np.ndarray, labels: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence[str], videos: Sequence[Path]) -> Path:
-    """Write report.md (and the plots it shows) into `run`; returns its path."""
+def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence[str], videos: Sequence[Path],
+                 baseline: dict | None = None) -> Path:
+    """Write report.md (and the plots it shows) into `run`; returns its path.
+
+    `baseline`: the state of the same curriculum fine-tuned without a regulariser (`baseline:
+    finetune`); both runs are then normalised on the best return either reached, and compared.
+    """
     history = state["history"]
     labels = [record["label"] for record in history]
+    trained = [record["pool_index"] for record in history]
     matrix = np.asarray(state["matrix"], dtype=float)[:, : len(history)]
-    matrix_norm, note = normalised_matrix(matrix, [state["random_returns"][r["pool_index"]] for r in history])
-    figures = summary(matrix_norm, [record["pool_index"] for record in history])
+    random = [state["random_returns"][r["pool_index"]] for r in history]
+    comparison = None
+    if baseline is not None:
+        other = np.asarray(baseline["matrix"], dtype=float)[:, : len(history)]
+        joint, _ = normalised_matrix(np.vstack([matrix, other]), random)
+        ours, theirs = summary(joint[: len(matrix)], trained), summary(joint[len(matrix):], trained)
+        comparison = regulariser_verdict(config["regularizer"]["kind"], ours, theirs)
+    matrix_norm, note = normalised_matrix(matrix, random)
+    figures = summary(matrix_norm, trained)
+    adaptation, adaptation_figures = adaptation_verdict(history)
     plots = run / "plots"
     images = [plot_curves(state["curves"], labels, plots / "learning_curves.png",
                           [record["return_after_training"] for record in history]),
@@ -185,6 +226,9 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
         lines.append(f"| {record['stage']} | {record['label']} | {record['return_before_adapt']:.1f} | "
                      f"{record['return_after_adapt']:.1f} | {record['return_after_training']:.1f} | {stochastic} | "
                      f"{record['distance']:.2f} | {'yes' if record['success'] else 'no'} |")
+    lines += ["", "## Verdict", "", adaptation, ""]
+    lines.append(comparison if comparison is not None else
+                 "No fine-tuning baseline was run (`baseline: finetune` runs one on the same stages and budget).")
     lines += ["", "## Performance matrix (raw returns; row i = after stage i)", "",
               matrix_to_markdown(matrix, labels, precision=1), "",
               f"Normalised ({note}):", "", _markdown_with_nan(matrix_norm, labels), "",
@@ -203,6 +247,7 @@ def write_report(run: Path, config: dict, state: dict, held_out_labels: Sequence
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     atomic_write_text(run / "summary.json", json.dumps(
-        {"metrics": figures, "labels": labels, "matrix": matrix.tolist(), "matrix_normalised": matrix_norm.tolist(),
+        {"metrics": {**figures, **adaptation_figures}, "baseline_comparison": comparison, "labels": labels,
+         "matrix": matrix.tolist(), "matrix_normalised": matrix_norm.tolist(),
          "wall_time_s": seconds, "provenance": origin}, indent=2, allow_nan=True))
     return path

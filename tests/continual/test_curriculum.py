@@ -382,3 +382,29 @@ def test_a_stage_records_a_deterministic_evaluation_curve(tmp_path: Path) -> Non
     assert not Curriculum(config_from_dict(CurriculumConfig, TINY), prepare_run_dir(
         tmp_path / "off", resume=False, force=False, config=TINY), progress=False).state.eval_curves
 
+
+
+def test_the_adaptation_verdict_is_paired_with_an_interval() -> None:
+    from agents.continual.report import adaptation_verdict
+
+    records = [{"return_before_adapt": b, "return_after_adapt": a} for b, a in [(0, 5), (1, 7), (2, 6)]]
+    sentence, figures = adaptation_verdict(records)
+    assert figures["adaptation_gain"] == pytest.approx(5.0) and figures["adaptation_gain_low"] > 0
+    assert "it helped" in sentence and "3 stages" in sentence
+    mixed = [{"return_before_adapt": 0, "return_after_adapt": a} for a in (5, -5, 1)]
+    assert "indistinguishable from zero" in adaptation_verdict(mixed)[0]
+    skipped = [{**records[0], "adapted": True}, {**records[1], "adapted": False}]
+    assert "one stage: no interval" in adaptation_verdict(skipped)[0]
+
+
+@pytest.mark.expensive
+def test_a_finetune_baseline_is_run_and_compared(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_script(write_config(tmp_path, video=False, baseline="finetune"), run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "baseline_finetune" / "summary.json").exists() is False  # the baseline is a run, not a report
+    assert (run / "baseline_finetune" / "checkpoints" / "latest.pt").is_file()
+    report = (run / "report.md").read_text()
+    assert "## Verdict" in report and "fine-tuning on the same stages: average forgetting" in report
+    summary = json.loads((run / "summary.json").read_text())
+    assert "adaptation_gain" in summary["metrics"] and summary["baseline_comparison"].startswith("`ewc`")
