@@ -19,7 +19,7 @@ from envs.physics import PhysicsDefaults, apply_physics, check_physics
 from envs.readout import Readout, goal_arrays
 from envs.render import FrameRenderer
 from envs.robots import RobotSpec, get_robot
-from envs.tasks import Task, TaskDistribution, get_family
+from envs.tasks import Task, TaskDistribution, get_family, privileged_factors
 from envs.terrain import HEIGHT_LIMIT, TerrainGrid, generate
 
 # MuJoCo counts a warning when it finds a bad state or control (and resets the state, or zeroes
@@ -202,6 +202,8 @@ class LocomotionEnv(gym.Env):
         self.model.hfield_data[self._hfield_adr:self._hfield_adr + heights.size] = (
             (heights.ravel() + HEIGHT_LIMIT) / (2 * HEIGHT_LIMIT))
         self.task = task
+        self._privileged = privileged_factors(task)
+        self._privileged.setflags(write=False)  # shared by every step's info
         heading, target, goal_obs = goal_arrays(task.goal.target_velocity, task.goal.direction)
         self._heading, self._goal_obs = heading, goal_obs
         self._target = None if math.isnan(target) else np.float64(target)
@@ -229,7 +231,7 @@ class LocomotionEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
         self._lift_out_of_ground()
         return self._observation(), {"x_position": float(self.data.qpos[0]), "task": self.task,
-                                     "physics_unstable": False}
+                                     "privileged": self._privileged, "physics_unstable": False}
 
     def step(self, action: np.ndarray):
         """Advance frame_skip physics steps; reward parts and state go into `info`."""
@@ -245,7 +247,8 @@ class LocomotionEnv(gym.Env):
         stable = simulate(self.model, self.data, self.frame_skip, self.bad_warnings)
         if not stable:
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)
-            return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task}
+            return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task,
+                                           "privileged": self._privileged}
         out = self.readout.step(xy_before, qpos, qvel, action, self._step_heights, self._heading,
                                 self._target, self._goal_obs)
         truncated = bool(out.truncated)
@@ -260,6 +263,7 @@ class LocomotionEnv(gym.Env):
             "out_of_course": truncated,
             "physics_unstable": False,
             "task": self.task,
+            "privileged": self._privileged,  # the task's hidden factors (envs.tasks.privileged_names)
         }
         return out.observation, float(out.reward), bool(out.terminated), truncated, info
 

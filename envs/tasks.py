@@ -171,6 +171,28 @@ class TaskFamily:
     description: str
 
 
+PHYSICS_FACTORS = ("friction", "mass_scale", "damping_scale", "gravity", "motor_strength", "payload")
+
+
+def privileged_names() -> tuple[str, ...]:
+    """Names of `privileged_factors`' entries, in order: one indicator per terrain kind, the
+    terrain's difficulty, then the physics factors (what RMA-style learners regress from history)."""
+    return (*(f"terrain={kind}" for kind in terrain_kinds()), "difficulty", *PHYSICS_FACTORS)
+
+
+def privileged_factors(task: Task) -> np.ndarray:
+    """The task's hidden factors as a float vector (`privileged_names`); never part of an observation.
+
+    Disabled actuators are not included (their count varies by robot); a learner that needs them
+    reads `task.physics.disabled_actuators`.
+    """
+    kinds = terrain_kinds()
+    onehot = np.zeros(len(kinds))
+    onehot[kinds.index(task.terrain.kind)] = 1.0
+    physics = [float(getattr(task.physics, name)) for name in PHYSICS_FACTORS]
+    return np.concatenate([onehot, [task.terrain.difficulty], physics])
+
+
 def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 

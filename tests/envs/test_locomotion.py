@@ -323,3 +323,24 @@ def test_a_captured_episode_continues_bit_for_bit_in_a_fresh_env(robot: str) -> 
             assert np.array_equal(paused.reset()[0], fresh.reset()[0])
     with pytest.raises(ValueError, match="physics"):
         fresh.set_state({**state, "physics": state["physics"][:-1]})
+
+
+def test_info_carries_the_tasks_privileged_factors_and_the_observation_does_not() -> None:
+    from envs.tasks import Goal, Physics, Task, Terrain, privileged_factors, privileged_names
+
+    plain = LocomotionEnv("cheetah")
+    obs_plain, info = plain.reset(seed=0)
+    heavy = Task(terrain=Terrain("rough", 0.4, 2), physics=Physics(friction=0.2, motor_strength=0.6, payload=3.0),
+                 goal=Goal())
+    env = LocomotionEnv("cheetah", task=heavy)
+    obs, reset_info = env.reset(seed=0)
+    assert obs.shape == obs_plain.shape  # the observation is unchanged
+    _, _, _, _, step_info = env.step(np.zeros(env.action_space.shape))
+    vector = step_info["privileged"]
+    np.testing.assert_array_equal(vector, privileged_factors(heavy))
+    np.testing.assert_array_equal(reset_info["privileged"], vector)
+    named = dict(zip(privileged_names(), vector, strict=True))
+    assert named["terrain=rough"] == 1.0 and named["terrain=flat"] == 0.0 and named["difficulty"] == 0.4
+    assert (named["friction"], named["motor_strength"], named["payload"]) == (0.2, 0.6, 3.0)
+    assert not np.array_equal(info["privileged"], vector)
+    assert not vector.flags.writeable
