@@ -203,7 +203,7 @@ class LocomotionEnv(gym.Env):
             (heights.ravel() + HEIGHT_LIMIT) / (2 * HEIGHT_LIMIT))
         self.task = task
         self._privileged = privileged_factors(task)
-        self._privileged.setflags(write=False)  # shared by every step's info
+        self._privileged.setflags(write=False)  # each info gets its own copy (gymnasium asks for new info data)
         heading, target, goal_obs = goal_arrays(task.goal.target_velocity, task.goal.direction)
         self._heading, self._goal_obs = heading, goal_obs
         self._target = None if math.isnan(target) else np.float64(target)
@@ -231,7 +231,7 @@ class LocomotionEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
         self._lift_out_of_ground()
         return self._observation(), {"x_position": float(self.data.qpos[0]), "task": self.task,
-                                     "privileged": self._privileged, "physics_unstable": False}
+                                     "privileged": self._privileged.copy(), "physics_unstable": False}
 
     def step(self, action: np.ndarray):
         """Advance frame_skip physics steps; reward parts and state go into `info`."""
@@ -248,7 +248,7 @@ class LocomotionEnv(gym.Env):
         if not stable:
             obs = np.nan_to_num(self._observation(), nan=0.0, posinf=0.0, neginf=0.0)
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task,
-                                           "privileged": self._privileged}
+                                           "privileged": self._privileged.copy()}
         out = self.readout.step(xy_before, qpos, qvel, action, self._step_heights, self._heading,
                                 self._target, self._goal_obs)
         truncated = bool(out.truncated)
@@ -263,7 +263,7 @@ class LocomotionEnv(gym.Env):
             "out_of_course": truncated,
             "physics_unstable": False,
             "task": self.task,
-            "privileged": self._privileged,  # the task's hidden factors (envs.tasks.privileged_names)
+            "privileged": self._privileged.copy(),  # the task's hidden factors (envs.tasks.privileged_names)
         }
         return out.observation, float(out.reward), bool(out.terminated), truncated, info
 
