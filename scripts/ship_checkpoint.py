@@ -25,8 +25,9 @@ EVALUATION_KEYS = ("config", "intervals", "methods", "tasks_per_seed", "summary"
 METRICS = {"maml": "meta_train.jsonl", "pretrained": "pretrain.jsonl"}  # checkpoint kind -> its metrics log
 
 
-def run_budget(run: Path, kind: str) -> dict[str, float | int]:
-    """Wall time and env steps summed over a run's metrics log (the last row of each step wins)."""
+def run_budget(run: Path, kind: str, up_to: int) -> dict[str, float | int]:
+    """Wall time and env steps summed over a run's metrics log up to iteration `up_to` (the last
+    row of each step wins)."""
     path = run / "metrics" / METRICS.get(kind, "")
     if kind not in METRICS or not path.is_file():
         raise ValueError(f"run: no metrics log {path} for a {kind!r} checkpoint")
@@ -34,7 +35,8 @@ def run_budget(run: Path, kind: str) -> dict[str, float | int]:
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            rows[row["step"]] = row
+            if row["step"] <= up_to:
+                rows[row["step"]] = row
     if not rows or any("env_steps" not in r or "time_iteration" not in r for r in rows.values()):
         raise ValueError(f"run: {path} lacks env_steps or time_iteration per step")
     return {"wall_time_s": round(sum(r["time_iteration"] for r in rows.values()), 1),
@@ -68,11 +70,12 @@ def main() -> None:
         raise ValueError(f"evaluation: {args.evaluation} did not measure this checkpoint's policy "
                          f"(methods {sorted(hashes)} have other parameters)")
     if args.run is not None:
-        metadata["budget"] = run_budget(args.run, metadata.get("kind", ""))
+        metadata["budget"] = run_budget(args.run, metadata.get("kind", ""), checkpoint.iteration)
     metadata["evaluation"] = {"method": method, **{key: evaluation[key] for key in EVALUATION_KEYS},
                               "metadata": {k: v for k, v in evaluation["metadata"].items() if k != "policy_sha256"}}
     save_checkpoint(args.out, policy=checkpoint.policy, robot=checkpoint.robot, env_id=checkpoint.env_id,
-                    iteration=checkpoint.iteration, stage=checkpoint.stage, metadata=metadata)
+                    iteration=checkpoint.iteration, stage=checkpoint.stage, extra_state=checkpoint.extra_state,
+                    metadata=metadata)
     print(f"shipped {args.out} ({method} in {args.evaluation}; budget {metadata.get('budget')})")
 
 

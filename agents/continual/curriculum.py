@@ -174,6 +174,9 @@ class CurriculumConfig:
                              "each stage would be pulled back to the old one)")
         if self.regularizer.critic and self.regularizer.kind not in ("ewc", "l2"):
             raise ValueError("regularizer.critic: needs regularizer.kind ewc or l2")
+        if self.baseline == "finetune" and self.schedule != "fixed":
+            raise ValueError(f"baseline: finetune needs schedule fixed (another schedule may choose other stages "
+                             f"for the baseline), got schedule {self.schedule!r}")
         if self.regularizer.kind == "packnet" and self.schedule != "fixed":
             raise ValueError(f"regularizer.kind: packnet needs schedule fixed (a retrained task would have no free "
                              f"weights of its own), got schedule {self.schedule!r}")
@@ -249,5 +252,7 @@ class Schedule:
         """
         if self.config.adaptive_criterion == "weakest":
             return [-(returns[-1] / max(max(abs(v) for v in returns), 1e-8)) for returns in pool_returns]
-        last_before = {record["pool_index"]: record["value_before"] for record in history}
+        # (records written before value_before existed: the task's first evaluation stands in)
+        last_before = {record["pool_index"]: record.get("value_before", pool_returns[record["pool_index"]][0])
+                       for record in history}
         return [abs(pool_returns[i][-1] - last_before[i]) for i in range(len(self.pool))]

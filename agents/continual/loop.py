@@ -294,7 +294,7 @@ class Curriculum:
         self.state.curves.append(curve)
         if cfg.evaluation.curve_every:  # and ends with the stage's evaluation
             trained = int(self.model.num_timesteps - progress.start)
-            if progress.eval_curve[-1][0] < trained:
+            if not progress.eval_curve or progress.eval_curve[-1][0] < trained:
                 progress.eval_curve.append([trained, row[stage]])
         self.state.eval_curves.append(progress.eval_curve)
         record = {

@@ -59,13 +59,12 @@ class PackNet(Regularizer):
                     if task == 0:
                         owners[free] = 0
                     continue
-                values = p.detach().abs()[free]
-                keep = int(round((1.0 - self.prune_share) * values.numel()))
-                if keep > 0:
-                    threshold = torch.topk(values, keep).values.min()
-                    kept = free & (p.detach().abs() >= threshold)
-                else:
-                    kept = torch.zeros_like(free)
+                free_index = free.reshape(-1).nonzero().squeeze(1)
+                keep = int(round((1.0 - self.prune_share) * free_index.numel()))
+                largest = torch.topk(p.detach().abs().reshape(-1)[free_index], keep).indices  # exactly `keep`
+                kept = torch.zeros(free.numel(), dtype=torch.bool)
+                kept[free_index[largest]] = True
+                kept = kept.reshape(free.shape)
                 owners[kept] = task
                 p[free & ~kept] = 0.0
         self._num_tasks += 1

@@ -260,11 +260,18 @@ class EWCPPO(PPO):
 
         # PPO.train() calls zero_grad exactly once per minibatch, right before loss.backward().
         optimizer.zero_grad = zero_grad_then_penalty  # type: ignore[method-assign]
+        hooks = []
         if isinstance(self.regularizer, PackNet):
             optimizer.step = self._packnet_step(optimizer.step)  # type: ignore[method-assign]
+            # Frozen entries get no gradient at all, so PPO's gradient-norm clipping counts free ones only.
+            for name, p in self.policy.named_parameters():
+                if (mask := self.regularizer.frozen(name)) is not None:
+                    hooks.append(p.register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0.0)))
         try:
             super().train()
         finally:
+            for hook in hooks:
+                hook.remove()
             if already_patched:
                 optimizer.zero_grad = reset  # type: ignore[method-assign]
             else:
@@ -277,16 +284,14 @@ class EWCPPO(PPO):
 
     def _packnet_step(self, step: Any) -> Any:
         """`step` that leaves the weights earlier tasks own as they were: their gradients are zeroed
-        before it, and their values restored after it (Adam's momentum would move them otherwise)."""
+        (by hooks, before clipping) and their values restored after it (Adam's momentum would move
+        them otherwise)."""
         assert isinstance(self.regularizer, PackNet)
         params = dict(self.policy.named_parameters())
         masks = {name: mask for name in params if (mask := self.regularizer.frozen(name)) is not None}
         kept = {name: params[name].detach()[mask].clone() for name, mask in masks.items()}
 
         def frozen_step(*args: Any, **kwargs: Any) -> Any:
-            for name, mask in masks.items():
-                if params[name].grad is not None:
-                    params[name].grad[mask] = 0.0
             out = step(*args, **kwargs)
             with torch.no_grad():
                 for name, mask in masks.items():

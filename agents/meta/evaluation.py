@@ -173,6 +173,7 @@ class AdaptationResult:
     config: AdaptationConfig
     returns: dict[str, np.ndarray] = field(default_factory=dict)
     speeds: dict[str, np.ndarray] = field(default_factory=dict)
+    learned_step_sizes: list[str] = field(default_factory=list)  # methods adapted with their own (Meta-SGD)
 
     @property
     def methods(self) -> list[str]:
@@ -292,6 +293,7 @@ class AdaptationResult:
             "intervals": (f"{self.config.confidence:.0%} stratified bootstrap ({self.config.bootstrap_reps} "
                           f"resamples; tasks resampled within each of {len(self.seeds)} seeds)"),
             "methods": self.methods,
+            "learned_step_sizes": self.learned_step_sizes,
             "tasks_per_seed": self.tasks_per_seed,
             "tasks": [[task.to_dict() for task in seed_tasks] for seed_tasks in self.tasks],
             "summary": self.summary(),
@@ -421,7 +423,7 @@ def compare(
             expected = {n: tuple(p.shape) for n, p in policies[name][0].named_parameters()}
             if {n: tuple(t.shape) for n, t in lrs.items()} != expected:
                 raise ValueError(f"inner_lrs[{name!r}]: need one step-size tensor per parameter of its policy")
-        result = AdaptationResult(robot, per_seed_tasks, config)
+        result = AdaptationResult(robot, per_seed_tasks, config, learned_step_sizes=sorted(inner_lrs))
         total = len(methods) * len(config.seeds) * (config.steps + 1)
         with tqdm(total=total, disable=not progress, desc="evaluate adaptation", unit="rollout") as bar:
             for name, per_seed in policies.items():

@@ -128,6 +128,7 @@ def test_a_run_killed_between_stages_resumes_with_the_same_stage_list(tmp_path: 
         ({"stagez": []}, "unknown fields"),
         ({"regularizer": {"kind": "ewc", "critic": True}}, "needs reset_critic: false"),
         ({"regularizer": {"kind": "none", "critic": True}, "reset_critic": False}, "regularizer.critic"),
+        ({"baseline": "finetune", "schedule": "ladder"}, "baseline: finetune needs schedule fixed"),
     ],
 )
 def test_config_errors_name_the_field(changes: dict, field: str) -> None:

@@ -81,3 +81,12 @@ def test_a_step_that_moved_every_weight_keeps_the_frozen_ones() -> None:
     kept = pack.keep_frozen(moved, old, names={"ours": "w"})["ours"]
     frozen = pack.owners["w"] != FREE
     assert torch.equal(kept[frozen], old["ours"][frozen]) and torch.equal(kept[~frozen], moved["ours"][~frozen])
+
+
+def test_ties_still_keep_exactly_the_share() -> None:
+    params = {"w": torch.nn.Parameter(torch.ones(4, 5))}
+    pack = PackNet(prune_share=0.5)
+    pack.assign(params, ["w"])
+    assert int((pack.owners["w"] == 0).sum()) == 10  # not every tied weight
+    pack.assign(params, ["w"])
+    assert int((pack.owners["w"] == 1).sum()) == 5 and int((pack.owners["w"] == FREE).sum()) == 5

@@ -40,3 +40,46 @@ def test_a_shipped_checkpoint_fits_todays_observation(path: Path) -> None:
     checkpoint = load_checkpoint(path)
     height_scan = check_layout(checkpoint, path.name)  # raises naming the mismatch
     assert height_scan == checkpoint.metadata["config"]["height_scan"]
+
+
+def test_shipping_checks_the_evaluation_and_keeps_everything(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+    import json
+    import sys
+
+    import torch
+
+    from agents.meta.evaluation import random_init
+    from agents.runs.checkpoint import policy_sha256, save_checkpoint
+    from agents.runs.layout import observation_layout
+
+    policy = random_init(17, 6, (8,), seed=1)
+    lrs = {name: torch.full_like(p, 0.3) for name, p in policy.named_parameters()}
+    metadata = {"kind": "maml", "family": "cheetah_velocity", "config": {"family": "cheetah_velocity"},
+                "provenance": {"git_commit": "x" * 40}, "observation": observation_layout("cheetah")}
+    source = save_checkpoint(tmp_path / "trained.pt", policy=policy, robot="cheetah", iteration=2,
+                             extra_state={"inner_lrs": lrs}, metadata=metadata)
+    metrics = tmp_path / "run" / "metrics"
+    metrics.mkdir(parents=True)
+    (metrics / "meta_train.jsonl").write_text("".join(
+        json.dumps({"step": k, "env_steps": 100, "time_iteration": 1.5}) + "\n" for k in (1, 2, 3)))
+    evaluation = {"config": {"steps": 1}, "intervals": "", "methods": ["maml"], "tasks_per_seed": 1, "summary": [],
+                  "gains": [], "versus": [], "metadata": {"policy_sha256": {"maml": policy_sha256(policy)},
+                                                          "family": "cheetah_velocity"}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    spec = importlib.util.spec_from_file_location("ship", Path(__file__).resolve().parents[2] / "scripts" /
+                                                  "ship_checkpoint.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    out = tmp_path / "shipped.pt"
+    monkeypatch.setattr(sys, "argv", ["ship", "--checkpoint", str(source), "--evaluation", str(tmp_path / "eval.json"),
+                                      "--out", str(out), "--run", str(tmp_path / "run")])
+    ship.main()
+    shipped = load_checkpoint(out)
+    assert torch.equal(shipped.extra_state["inner_lrs"]["log_std"], lrs["log_std"])  # Meta-SGD sizes kept
+    assert shipped.metadata["budget"]["env_steps"] == 200  # iterations up to the checkpoint's only
+    assert shipped.metadata["evaluation"]["method"] == "maml"
+    evaluation["metadata"]["policy_sha256"] = {"maml": "0" * 64}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    with pytest.raises(ValueError, match="did not measure this checkpoint"):
+        ship.main()
