@@ -27,9 +27,11 @@ from benchmark_ray import to_markdown as benchmark_ray_markdown
 from check_meta_setting import to_markdown as check_markdown
 
 from agents.meta.adaptation_report import markdown_from_dict
+from agents.runs.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "assets" / "results"
+SHIPPED = ROOT / "assets" / "checkpoints"
 #: section name -> (JSON file in assets/results, renderer of its Markdown)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark": ("benchmark.json", lambda results: benchmark_markdown(results, level=3)),
@@ -47,6 +49,10 @@ def adaptation_markdown(results: dict) -> str:
     parts = []
     for name, source in meta["sources"].items():
         training = meta.get("training", {}).get(name)
+        shipped = SHIPPED / Path(source).name if isinstance(source, str) else None
+        if shipped is not None and shipped.is_file():  # the shipped file's own record (summed over resumes)
+            checkpoint = load_checkpoint(shipped)
+            training = {"iterations": checkpoint.iteration, "budget": checkpoint.metadata.get("budget")}
         if training and training.get("budget"):
             budget = training["budget"]
             parts.append(f"{name}: `{Path(source).name}` ({training['iterations']} iterations, "
