@@ -38,6 +38,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "benchmark_ray": ("benchmark_ray.json", lambda results: benchmark_ray_markdown(results, level=3)),
     "fisher_check": ("fisher_check.json", lambda results: check_markdown(results, level=3)),
     "fisher_check_fresh_seeds": ("fisher_check_fresh_seeds.json", lambda results: check_markdown(results, level=3)),
+    "estimator_check": ("estimator_check.json", lambda results: check_markdown(results, level=3)),
+    "estimator_check_fresh_seeds": ("estimator_check_fresh_seeds.json",
+                                    lambda results: check_markdown(results, level=3)),
     # and one section per adaptation evaluation: assets/results/adaptation_<name>.json (see `sections`)
 }
 
