@@ -9,33 +9,13 @@ with; each records its config, code commit, observation layout, wall time and en
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from agents.meta.pretrain import PretrainConfig, pretrain
-from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
-from agents.runs.config import config_from_dict, config_to_dict
-from agents.runs.rundir import load_yaml, prepare_run_dir
+from agents.runs.cli import RESUME_HINT, run_script, training_parser, training_run
 
 
 def main() -> None:
     """Parse arguments, validate the config, prepare the run directory, pretrain."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    parser.add_argument("--config", type=Path, required=True, help="YAML file with PretrainConfig fields")
-    parser.add_argument("--run", type=Path, required=True, help="run directory to create (or resume)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run from its last checkpoint")
-    parser.add_argument("--force", action="store_true", help="move an existing run aside and start afresh")
-    parser.add_argument("--iterations", type=int, help="override the config's iterations")
-    args = parser.parse_args()
-    check_writable(args.run, "run")  # before any work
-    raw = load_yaml(args.config)
-    if args.iterations is not None:
-        raw["iterations"] = args.iterations
-    config = config_from_dict(PretrainConfig, raw)
-    run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_to_dict(config),
-                          changeable={"resume", "force", "iterations", "num_threads"},
-                          defaults=config_to_dict(PretrainConfig(family=config.family)))
+    config, run = training_run(PretrainConfig, training_parser(__doc__, "PretrainConfig").parse_args())
     pretrain(config, run)
     print(f"checkpoints: {run.checkpoints.resolve()}")
 

@@ -371,19 +371,16 @@ class EWCPPO(PPO):
         """
         if self.regularizer is None:
             raise ValueError("regularizer: is None, so there is nothing to consolidate into")
-        if isinstance(self.regularizer, PackNet):  # no states needed: prune and freeze the actor's weights
-            params = dict(self.policy.named_parameters())
+        params = dict(self.policy.named_parameters())
+        if isinstance(self.regularizer, PackNet | BehaviourCloningReplay):
             unknown = sorted(set(exclude) - set(params))
             if unknown:
                 raise ValueError(f"exclude: {unknown} are not parameters of the policy")
+        if isinstance(self.regularizer, PackNet):  # no states needed: prune and freeze the actor's weights
             self.regularizer.assign(params, [n for n in actor_param_names(self.policy) if n not in set(exclude)])
             return {}
         states = self.task_states(source, n_states, seed)
         if isinstance(self.regularizer, BehaviourCloningReplay):  # memory, not a Fisher: remember the states
-            params = dict(self.policy.named_parameters())
-            unknown = sorted(set(exclude) - set(params))
-            if unknown:
-                raise ValueError(f"exclude: {unknown} are not parameters of the policy")
             self.regularizer.remember(torch.as_tensor(states), params, {n: params[n] for n in exclude})
             return {}
         fisher = sb3_fisher(self.policy, states, method, include_critic, value_noise_std, **fisher_kwargs)
@@ -391,7 +388,7 @@ class EWCPPO(PPO):
         if unknown:
             raise ValueError(f"exclude: {unknown} are not anchored parameters; allowed: {sorted(fisher)}")
         anchored = {name: value for name, value in fisher.items() if name not in set(exclude)}
-        self.regularizer.consolidate(dict(self.policy.named_parameters()), anchored)
+        self.regularizer.consolidate(params, anchored)
         return fisher
 
 

@@ -3,14 +3,20 @@ only with `--debug`, and output paths checked before any work starts."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import yaml
+
+from agents.runs.config import config_from_dict, config_to_dict
+from agents.runs.rundir import RunDir, load_yaml, prepare_run_dir
+
+T = TypeVar("T")
 
 #: What a user's input can raise: a bad value (the project's checks raise ValueError naming the
 #: field and what is allowed), a file that is missing, unreadable or unwritable, or broken YAML.
@@ -67,3 +73,31 @@ def check_writable(path: Path, field: str) -> None:
             pass
     except OSError as error:
         raise ValueError(f"{field}: cannot write in {folder} ({error.strerror or one_line(error)})") from error
+
+
+def training_parser(description: str, config_name: str) -> argparse.ArgumentParser:
+    """The command line every resumable training script shares: --config, --run, --resume, --force,
+    --iterations, --debug (scripts add their own flags to it)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--config", type=Path, required=True, help=f"YAML file with {config_name} fields")
+    parser.add_argument("--run", type=Path, required=True, help="run directory to create (or resume)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="move an existing run aside and start afresh")
+    parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    return parser
+
+
+def training_run(config_class: type[T], args: argparse.Namespace) -> tuple[T, RunDir]:
+    """The config of `training_parser`'s arguments (the YAML, `--iterations` over it) and its run
+    directory, created or resumed (`iterations` and `num_threads` may change on resume; fields newer
+    than the run's stored config are accepted at their defaults)."""
+    check_writable(args.run, "run")  # before any work
+    raw = load_yaml(args.config)
+    if args.iterations is not None:
+        raw["iterations"] = args.iterations
+    config = config_from_dict(config_class, raw)
+    run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_to_dict(config),
+                          changeable={"resume", "force", "iterations", "num_threads"},
+                          defaults=config_to_dict(config_class(family=config.family)))
+    return config, run
