@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,20 +9,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _update_readme():
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_generated_sections_are_current() -> None:
+def test_generated_sections_are_current(load_script) -> None:
     readme = (ROOT / "README.md").read_text()
-    assert _update_readme().render(readme) == readme, "run python scripts/update_readme.py"
+    assert load_script("update_readme").render(readme) == readme, "run python scripts/update_readme.py"
 
 
-def test_a_changed_figure_shows_up(tmp_path: Path) -> None:
-    module = _update_readme()
+def test_a_changed_figure_shows_up(tmp_path: Path, load_script) -> None:
+    module = load_script("update_readme")
     readme = (ROOT / "README.md").read_text()
     for name, (filename, _) in module.SECTIONS.items():
         text = (module.RESULTS / filename).read_text()
@@ -32,27 +24,20 @@ def test_a_changed_figure_shows_up(tmp_path: Path) -> None:
     assert module.render(readme, tmp_path) != readme
 
 
-def test_missing_markers_are_named() -> None:
+def test_missing_markers_are_named(load_script) -> None:
     with pytest.raises(ValueError, match="generated section"):
-        _update_readme().render("no markers here")
+        load_script("update_readme").render("no markers here")
 
 
-def _check_script():
-    spec = importlib.util.spec_from_file_location("check_meta_setting", ROOT / "scripts" / "check_meta_setting.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_setting_check_states_whether_a_difference_is_distinguishable_from_zero() -> None:
-    module = _check_script()
+def test_a_setting_check_states_whether_a_difference_is_distinguishable_from_zero(load_script) -> None:
+    module = load_script("check_meta_setting")
     assert "not distinguishable from zero" in module._paired([-1.0, 1.5, -2.0])
     assert ", distinguishable from zero" in module._paired([-5.1, -5.5, -6.6])
     assert "no interval from one seed" in module._paired([-4.4])
 
 
-def test_a_setting_check_parses_fields_and_rejects_what_it_may_not_vary() -> None:
-    module = _check_script()
+def test_a_setting_check_parses_fields_and_rejects_what_it_may_not_vary(load_script) -> None:
+    module = load_script("check_meta_setting")
     assert module.parse_setting("meta_batch_size=40,episodes_per_task=20") == {"meta_batch_size": 40,
                                                                             "episodes_per_task": 20}
     assert module.parse_setting("inner_estimator=dice") == {"inner_estimator": "dice"}

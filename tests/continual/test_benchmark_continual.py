@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_continual", ROOT / "scripts" / "benchmark_continual.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def state(random: float, matrix: list[list[float]], eval_curves: list, curves: list | None = None) -> dict:
@@ -23,8 +11,8 @@ def state(random: float, matrix: list[list[float]], eval_curves: list, curves: l
             "curves": curves if curves is not None else eval_curves}
 
 
-def test_references_are_averaged_over_seeds_and_transfer_uses_evaluation_curves() -> None:
-    bench = load_script()
+def test_references_are_averaged_over_seeds_and_transfer_uses_evaluation_curves(load_script) -> None:
+    bench = load_script("benchmark_continual")
     stages = [{"name": "a"}, {"name": "b"}]
     steps = 100
     flat = [[0, 0.0], [100, 100.0]]  # a reference learning linearly to 100

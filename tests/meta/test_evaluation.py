@@ -4,7 +4,6 @@ writers and the CLI (with its one-line mismatch errors)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
 from envs.tasks import TaskDistribution
 
-ROOT = Path(__file__).resolve().parents[2]
 OBS_DIM, ACT_DIM = 17, 6  # the cheetah's spaces without the height scan
 TASKS = TaskDistribution("cheetah_velocity", 0).sample(2, split="test")
 CONFIG = AdaptationConfig(steps=2, inner_lr=0.5, episodes_per_task=2, horizon=30, seeds=(0, 1), num_threads=1)
@@ -41,13 +39,6 @@ def policies() -> dict:
 @pytest.fixture(scope="module")
 def result(policies):
     return compare(policies, TASKS, "cheetah", CONFIG)
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("evaluate_adaptation", ROOT / "scripts" / "evaluate_adaptation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shapes_and_tidy_records(result) -> None:
@@ -162,14 +153,14 @@ def test_mismatched_policy_and_terrain_specs_are_rejected() -> None:
         parse_terrain_tasks(["gaps:2"])
 
 
-def test_cli_end_to_end(tmp_path: Path) -> None:
+def test_cli_end_to_end(tmp_path: Path, load_script) -> None:
     checkpoint = save_checkpoint(tmp_path / "maml.pt", policy=random_init(OBS_DIM, ACT_DIM, (8,), seed=3),
                                  robot="cheetah", metadata={"family": "cheetah_velocity", "kind": "maml",
                                                             "observation": observation_layout("cheetah")})
     pretrained = save_checkpoint(tmp_path / "pre.pt", policy=random_init(OBS_DIM, ACT_DIM, (8,), seed=4),
                                  robot="cheetah", metadata={"family": "cheetah_velocity", "kind": "pretrained"})
     out = tmp_path / "eval"
-    outputs = load_cli().main([
+    outputs = load_script("evaluate_adaptation").main([
         "--checkpoint", str(checkpoint), "--out", str(out), "--tasks", "2", "--steps", "1", "--episodes", "2",
         "--horizon", "20", "--seeds", "0", "1", "--pretrained", str(pretrained), "--num-threads", "1", "--quiet",
     ])
@@ -185,8 +176,8 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert set(data["metadata"]["policy_sha256"]) == {"maml", "pretrained"}
 
 
-def test_cli_rejects_bad_input_before_simulating(tmp_path: Path) -> None:
-    cli = load_cli()
+def test_cli_rejects_bad_input_before_simulating(tmp_path: Path, load_script) -> None:
+    cli = load_script("evaluate_adaptation")
     quadruped = save_checkpoint(tmp_path / "quadruped.pt", policy=random_init(10, 8, (4,)), robot="quadruped")
     cheetah = save_checkpoint(tmp_path / "cheetah.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)), robot="cheetah")
     velocity = save_checkpoint(tmp_path / "velocity.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)), robot="cheetah",

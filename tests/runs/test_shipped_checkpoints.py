@@ -42,8 +42,7 @@ def test_a_shipped_checkpoint_fits_todays_observation(path: Path) -> None:
     assert height_scan == checkpoint.metadata["config"]["height_scan"]
 
 
-def test_shipping_checks_the_evaluation_and_keeps_everything(tmp_path: Path, monkeypatch) -> None:
-    import importlib.util
+def test_shipping_checks_the_evaluation_and_keeps_everything(tmp_path: Path, monkeypatch, load_script) -> None:
     import json
     import sys
 
@@ -67,10 +66,7 @@ def test_shipping_checks_the_evaluation_and_keeps_everything(tmp_path: Path, mon
                   "gains": [], "versus": [], "metadata": {"policy_sha256": {"maml": policy_sha256(policy)},
                                                           "family": "cheetah_velocity"}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
-    spec = importlib.util.spec_from_file_location("ship", Path(__file__).resolve().parents[2] / "scripts" /
-                                                  "ship_checkpoint.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_script("ship_checkpoint")
     out = tmp_path / "shipped.pt"
     monkeypatch.setattr(sys, "argv", ["ship", "--checkpoint", str(source), "--evaluation", str(tmp_path / "eval.json"),
                                       "--out", str(out), "--run", str(tmp_path / "run")])
