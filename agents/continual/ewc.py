@@ -148,6 +148,19 @@ class Regularizer:
                 total = total + sq.sum()
         return total
 
+    #: whether each task must be evaluated with its own view of the parameters (`task_params`)
+    per_task_params = False
+
+    def task_params(self, params: Mapping[str, torch.Tensor], task: int, names: Mapping[str, str] | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """`params` as task `task` sees them (all of them, unless a subclass packs tasks apart)."""
+        return dict(params)
+
+    def keep_frozen(self, new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor],
+                    names: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+        """`new` with the entries this method freezes taken from `old` (none, unless a subclass freezes)."""
+        return dict(new)
+
     def loss(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The term to add to the training loss: strength / 2 * penalty(params)."""
         return 0.5 * self.strength * self.penalty(params)

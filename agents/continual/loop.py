@@ -27,7 +27,6 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
-from agents.continual.packnet import PackNet
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
@@ -370,11 +369,12 @@ class Curriculum:
                     "adapted": False}
         first = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params, seed=seed)[0]
         episodes = first
-        packnet = self.model.regularizer if isinstance(self.model.regularizer, PackNet) else None
         for k in range(cfg.adapt_steps):
             adapted = {n: p.detach() for n, p in adapt(self.policy, params, episodes, cfg.inner_lr, True).items()}
-            # PackNet: earlier tasks' weights stay theirs, the step moves only the free ones.
-            params = adapted if packnet is None else packnet.keep_frozen(adapted, params, sb3_names(self.policy))
+            # A method that freezes weights (PackNet) keeps them: the step moves only the free ones.
+            regularizer = self.model.regularizer
+            params = adapted if regularizer is None else regularizer.keep_frozen(adapted, params,
+                                                                                 sb3_names(self.policy))
             episodes = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params,
                                            seed=seed + k + 1)[0]
         with torch.no_grad():
@@ -468,7 +468,7 @@ class Curriculum:
         if it has none); with PackNet only the weights of tasks up to it (a fixed schedule's stage)."""
         head = self.heads.get(pool_index)
         params = self.policy.with_head(head if head is not None else self.policy.head())
-        if isinstance(self.model.regularizer, PackNet):
+        if self.model.regularizer is not None:
             params = self.model.regularizer.task_params(params, pool_index, sb3_names(self.policy))
         return params
 
@@ -484,7 +484,7 @@ class Curriculum:
         cfg = self.config
         seen = [record["pool_index"] for record in self.state.history] + [pool_index]
         columns = self._matrix_columns(seen)
-        per_task = cfg.task_heads or isinstance(self.model.regularizer, PackNet)
+        per_task = cfg.task_heads or getattr(self.model.regularizer, "per_task_params", False)
         params = [self._task_params(i) for i in columns] if per_task else None
         returns, distances = self._evaluate([self.pool_tasks[i] for i in columns], params=params)
         n_columns = self.schedule.total_stages()

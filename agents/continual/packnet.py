@@ -31,6 +31,7 @@ class PackNet(Regularizer):
     """
 
     kind = "packnet"
+    per_task_params = True
 
     def __init__(self, prune_share: float = 0.5) -> None:
         super().__init__(strength=0.0)  # no penalty term: PackNet constrains the weights themselves
