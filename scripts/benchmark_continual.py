@@ -12,6 +12,14 @@ runs/bench_continual/results.md and results.json.
     python scripts/benchmark_continual.py --steps 4000 --seeds 0    # a quick look
     python scripts/benchmark_continual.py --backend ray             # every run a Ray task (local Ray)
     python scripts/benchmark_continual.py --backend ray --ray-address HEAD:6379   # on a cluster
+    python scripts/benchmark_continual.py --study thesis --backend ray   # the thesis study (resumes)
+
+`--study thesis` runs the thesis study instead (`agents/continual/study.py`): initialisation
+{scratch, pretrained, MAML} x method {fine-tuning, EWC, replay, PackNet} on the direction and
+terrain sequences, 5 reported seeds, each method's setting chosen on 2 tuning seeds. Each
+finished run's result is saved at once under --results (commit them: the study takes longer than
+a session), and a repeated command resumes from them; --max-runs bounds one call. It writes the
+summary to --summary (JSON, Markdown and a plot beside it).
 
 Defaults: sequence "backward-twice", one output head per task, EWC lambda 100 on the raw Fisher
 (floor 1e-5) and L2 lambda 1. The README's table was measured with `--ewc-normalize max`, lambdas
@@ -29,6 +37,9 @@ import numpy as np
 from agents.continual.curriculum import CurriculumConfig
 from agents.continual.jobs import CurriculumJob, run_curriculum_job
 from agents.continual.metrics import matrix_to_markdown, normalize, summarize
+from agents.continual.study import CURVE_POINTS, StudySetting, StudyStore, curve_on_grid
+from agents.continual.study import SEQUENCES as STUDY_SEQUENCES
+from agents.continual.study_run import Runner, plot_study, run_study, study_markdown
 from agents.runs.atomic import atomic_write_text
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.config import config_from_dict
@@ -60,7 +71,6 @@ SEQUENCES = {
         {"terrain": "flat", "target_velocity": 0.0, "name": "still"},
     ],
 }
-CURVE_POINTS = 11
 
 
 def base_config(steps: int, seed: int, stages: list[dict], hidden_sizes: list[int], task_heads: bool) -> dict:
@@ -84,15 +94,6 @@ def run_all(named_configs: dict[str, dict], args: argparse.Namespace, sweep_id: 
             for name, config in named_configs.items()]
     states = run_jobs(run_curriculum_job, jobs, args.backend, address=args.ray_address, describe=CurriculumJob.describe)
     return dict(zip(named_configs, states, strict=True))
-
-
-def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float) -> np.ndarray:
-    """A stage's deterministic evaluation curve resampled on an even grid over its budget, normalised."""
-    if not curve:
-        return np.zeros(CURVE_POINTS)
-    x, y = np.asarray(curve, dtype=float).T
-    grid = np.linspace(0, steps, CURVE_POINTS)
-    return normalize(np.interp(grid, x, y), low, high)
 
 
 def reference_configs(seed: int, args: argparse.Namespace, stages: list[dict]) -> dict[str, dict]:
@@ -157,7 +158,8 @@ def main() -> None:
     """Run every method and the references for every seed; score them side by side."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    parser.add_argument("--steps", type=int, default=150_000, help="PPO env steps per stage")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="PPO env steps per stage (default 150,000; the study: 100,000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ewc-lambda", type=float, nargs="*", default=[100.0], help="EWC strengths to run")
     parser.add_argument("--ewc-normalize", choices=["max", "mean", "none"], default="none",
@@ -178,9 +180,24 @@ def main() -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="run the curricula here one after another, or each as a Ray task")
     parser.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT); default: a local Ray")
+    study = parser.add_argument_group("the thesis study (--study thesis)")
+    study.add_argument("--study", choices=["thesis"], help="run the thesis study instead of the method comparison")
+    study.add_argument("--study-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="reported seeds")
+    study.add_argument("--tuning-seeds", type=int, nargs="+", default=[100, 101],
+                       help="seeds the settings are chosen on (never reported)")
+    study.add_argument("--study-sequences", nargs="+", choices=sorted(STUDY_SEQUENCES), default=sorted(STUDY_SEQUENCES))
+    study.add_argument("--results", type=Path, default=Path("assets/results/thesis_runs"),
+                       help="one small JSON per finished run (commit them)")
+    study.add_argument("--summary", type=Path, default=Path("assets/results/thesis.json"),
+                       help="the summary JSON (its Markdown and plot are written beside it)")
+    study.add_argument("--max-runs", type=int, default=None, help="run at most this many runs in this call")
     args = parser.parse_args()
     check_writable(args.out, "out")  # before any work
     check_backend(args.backend, args.ray_address)
+    if args.study:
+        thesis(args)
+        return
+    args.steps = 150_000 if args.steps is None else args.steps
 
     stages = SEQUENCES[args.sequence]
     methods = {"finetune": {"kind": "none"}}
@@ -238,6 +255,40 @@ def main() -> None:
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(args.out / "results.md", "\n".join(lines))
     print("\n".join(lines))
+
+
+def thesis(args: argparse.Namespace) -> None:
+    """The thesis study: run what is missing, then write the summary of what finished."""
+    if args.max_runs is not None and args.max_runs < 0:
+        raise ValueError(f"--max-runs must be >= 0, got {args.max_runs}")
+    if set(args.study_seeds) & set(args.tuning_seeds):
+        raise ValueError(f"--tuning-seeds must differ from --study-seeds (shared: "
+                         f"{sorted(set(args.study_seeds) & set(args.tuning_seeds))})")
+    setting = StudySetting(steps_per_stage=100_000 if args.steps is None else args.steps,
+                           hidden_sizes=tuple(args.hidden))
+    if setting.steps_per_stage < 10:
+        raise ValueError(f"--steps must be >= 10, got {setting.steps_per_stage}")
+    root = Path(__file__).resolve().parent.parent
+    for name in args.study_sequences:  # every initialisation must exist before anything runs
+        for init, path in STUDY_SEQUENCES[name].init_files.items():
+            if not (root / path).is_file():
+                raise ValueError(f"--study-sequences {name}: its {init} initialisation {path} is missing "
+                                 f"(train and ship it first, or leave the sequence out)")
+    for path, field in ((args.results, "results"), (args.summary.parent, "summary")):
+        check_writable(path, field)
+    runner = Runner(StudyStore(args.results, setting), args.out, args.backend, args.ray_address, args.max_runs)
+    summary = run_study(runner, args.study_sequences, args.study_seeds, args.tuning_seeds, root)
+    if not summary["sequences"]:
+        print(f"no sequence has finished its tuning runs yet ({runner.started} runs this call); run it again")
+        return
+    markdown = study_markdown(summary)
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.summary, json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(args.summary.with_suffix(".md"), markdown)
+    plot_study(summary, args.summary.with_suffix(".png"))
+    print(markdown)
+    print(f"{'complete' if summary['complete'] else 'NOT complete (run the same command again)'}: "
+          f"{args.summary}, {args.summary.with_suffix('.md')}, {args.summary.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

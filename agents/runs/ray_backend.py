@@ -95,25 +95,35 @@ def prepare_job_run_dir(path: PathLike, config: dict, sweep_id: str, reuse: bool
 
 def run_jobs(function: Callable[[Job], Result], jobs: Sequence[Job], backend: str = "local", *,
              address: str | None = None, num_cpus: int | None = None, max_retries: int = 3,
-             describe: Callable[[Job], str] = str) -> list[Result]:
+             describe: Callable[[Job], str] = str,
+             on_result: Callable[[Job, Result], None] | None = None) -> list[Result]:
     """`[function(job) for job in jobs]`, here in turn (`local`) or as Ray tasks of one CPU each
     (`ray`; `address`, `num_cpus` as `connect`), retried up to `max_retries` times when their
-    worker dies. Results come back in the jobs' order; a job's own error is raised here as it was."""
+    worker dies. Results come back in the jobs' order; a job's own error is raised here as it was.
+    `on_result(job, result)` is called as each job finishes (e.g. to save its result at once, so an
+    interrupted sweep keeps what finished)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend == "local":
-        return [function(job) for job in jobs]
+        results = []
+        for job in jobs:
+            results.append(function(job))
+            if on_result is not None:
+                on_result(job, results[-1])
+        return results
     ray = require_ray()
     connect(address, num_cpus)
     remote = ray.remote(num_cpus=1, max_retries=max_retries)(function)
     refs = [remote.remote(job) for job in jobs]
-    names = {ref: describe(job) for ref, job in zip(refs, jobs, strict=True)}
+    job_of = dict(zip(refs, jobs, strict=True))
     pending, finished = list(refs), 0
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             finished += 1
-            print(f"[ray] {finished}/{len(refs)} done: {names[ready[0]]}", flush=True)
+            print(f"[ray] {finished}/{len(refs)} done: {describe(job_of[ready[0]])}", flush=True)
+            if on_result is not None:
+                on_result(job_of[ready[0]], ray.get(ready[0]))
         return ray.get(refs)
     except ray.exceptions.RayTaskError as error:
         raise error.as_instanceof_cause() from None
