@@ -174,6 +174,9 @@ def run_study(runner: Runner, sequences: Sequence[str], seeds: Sequence[int], tu
         if not tuned:
             complete = False
             continue
+        if not all((root / path).is_file() for path in SEQUENCES[sequence].init_files.values()):
+            complete = False  # the grid waits for the initialisations (the tuning runs did not need them)
+            continue
         chosen, _ = tuning_choice(runner.store, sequence, tuning_seeds)
         regularizers = {method: setting_of(label) for method, label in chosen.items()}
         done = True

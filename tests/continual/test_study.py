@@ -197,3 +197,14 @@ def test_a_real_run_gives_a_record_the_scores_read(tmp_path):
                             high=np.array(record["random_returns"]) + 100.0, curves=[np.zeros(11)] * 2)
     scores = score_run(json.loads(json.dumps(record)), references, setting.steps_per_stage)
     assert all(math.isfinite(v) for v in scores.values())
+
+
+def test_the_grid_waits_for_missing_initialisations_but_tuning_goes_ahead(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study_run, "run_curriculum_job", lambda job: calls.append(job.name) or fake_state(job.config))
+    store = StudyStore(tmp_path / "results", StudySetting(steps_per_stage=100))
+    summary = run_study(Runner(store, tmp_path / "runs"), ["direction"], [0], [100], tmp_path)  # no init files
+    n_stages = len(SEQUENCES["direction"].stages)
+    assert not summary["complete"] and summary["sequences"] == {}
+    assert len(calls) == n_stages + sum(map(len, TUNING_GRID.values()))
+    assert all("/tune/" in name or "/reference/" in name for name in calls)
