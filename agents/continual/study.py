@@ -15,6 +15,8 @@ finishes; a study resumes by skipping the runs whose file is there (`StudyStore`
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -164,13 +166,25 @@ class RunKey:
 def run_record(key: RunKey, config: dict, state: dict, setting: StudySetting) -> dict:
     """The small result of a finished run: what the metrics need, with its config and budget."""
     history = state["history"]
-    return {"key": key.__dict__, "setting": setting.to_dict(), "config": config,
+    return {"key": key.__dict__, "setting": setting.to_dict(), "config": config, "init_sha256": init_digest(config),
             "matrix": state["matrix"], "eval_curves": state["eval_curves"],
             "random_returns": state["random_returns"], "held_out": state["held_out"][-1] if state["held_out"] else [],
             "random_held_out": state["random_held_out"],
             "return_before_adapt": [record["return_before_adapt"] for record in history],
             "return_after_adapt": [record["return_after_adapt"] for record in history],
             "wall_time_s": state["seconds"], "env_steps": setting.steps_per_stage * len(history)}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def init_digest(config: dict) -> str | None:
+    """The sha256 of the run's initialisation file (None from scratch): results made from an
+    earlier version of a shipped initialisation must not mix with the current one's."""
+    init = config["init"]
+    return None if init == "scratch" else _file_sha256(init, Path(init).stat().st_mtime_ns)
 
 
 class StudyStore:
@@ -190,6 +204,10 @@ class StudyStore:
         if record["setting"] != self.setting.to_dict():
             raise ValueError(f"{path}: a run of another study setting ({record['setting']}, this study "
                              f"{self.setting.to_dict()}); use another --results folder")
+        init = record["config"]["init"]
+        if init != "scratch" and Path(init).is_file() and record.get("init_sha256") != init_digest(record["config"]):
+            raise ValueError(f"{path}: made from another version of {init}; move the study's results of that "
+                             "initialisation aside or restore the file")
         return record
 
     def save(self, key: RunKey, record: dict) -> Path:

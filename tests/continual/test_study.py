@@ -116,7 +116,8 @@ def test_target_check_needs_both_little_forgetting_and_transfer():
 
 def test_store_rejects_a_record_of_another_setting(tmp_path):
     key = RunKey("terrain", "final", "maml/ewc", 0)
-    StudyStore(tmp_path, StudySetting(steps_per_stage=10)).save(key, {"setting": StudySetting(10).to_dict(), "x": 1})
+    StudyStore(tmp_path, StudySetting(steps_per_stage=10)).save(
+        key, {"setting": StudySetting(10).to_dict(), "config": {"init": "scratch"}, "x": 1})
     assert StudyStore(tmp_path, StudySetting(steps_per_stage=10)).load(key)["x"] == 1
     with pytest.raises(ValueError, match="seed0.json: a run of another study setting"):
         StudyStore(tmp_path, StudySetting(steps_per_stage=20)).load(key)
@@ -208,3 +209,18 @@ def test_the_grid_waits_for_missing_initialisations_but_tuning_goes_ahead(tmp_pa
     assert not summary["complete"] and summary["sequences"] == {}
     assert len(calls) == n_stages + sum(map(len, TUNING_GRID.values()))
     assert all("/tune/" in name or "/reference/" in name for name in calls)
+
+
+def test_results_of_a_replaced_initialisation_are_refused(tmp_path):
+    init = tmp_path / "maml.pt"
+    init.write_bytes(b"version 1")
+    setting = StudySetting(steps_per_stage=10)
+    config = {"init": str(init)}
+    key = RunKey("terrain", "final", "maml/ewc", 0)
+    store = StudyStore(tmp_path / "results", setting)
+    store.save(key, run_record(key, config, fake_state({**curriculum_config("terrain", "scratch", {"kind": "none"},
+                                                                            0, setting, ROOT)}), setting))
+    assert store.load(key)["init_sha256"] is not None
+    init.write_bytes(b"version 2")
+    with pytest.raises(ValueError, match="made from another version of"):
+        store.load(key)
