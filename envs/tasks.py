@@ -226,6 +226,14 @@ def _cheetah_terrain(rng: np.random.Generator, split: str) -> Task:
     return Task(terrain=terrain, goal=Goal(target_velocity=None))
 
 
+def _cheetah_terrain_velocity(rng: np.random.Generator, split: str) -> Task:
+    # The task is a target speed (what a gradient step on the tracking reward can identify); the
+    # terrain is what generalisation is tested on: the test split holds out the terrain kinds.
+    kinds = CHEETAH_TEST_TERRAINS if split == "test" else CHEETAH_TRAIN_TERRAINS
+    terrain = Terrain(str(rng.choice(kinds)), float(rng.uniform(0.0, 1.0)), _seed(rng))
+    return Task(terrain=terrain, goal=Goal(target_velocity=float(rng.uniform(0.0, 2.0))))
+
+
 QUADRUPED_TRAIN_TERRAINS = ("flat", "slope_up", "rough", "hills", "stairs_up")
 QUADRUPED_TEST_TERRAINS = ("slope_down", "stairs_down", "gaps", "obstacles")
 
@@ -255,6 +263,9 @@ FAMILIES: dict[str, TaskFamily] = {
         TaskFamily("cheetah_terrain", "cheetah", _cheetah_terrain,
                    f"progress over {', '.join(CHEETAH_TRAIN_TERRAINS)}; "
                    f"test: held-out kinds {', '.join(CHEETAH_TEST_TERRAINS)}"),
+        TaskFamily("cheetah_terrain_velocity", "cheetah", _cheetah_terrain_velocity,
+                   f"target velocity in [0, 2] m/s over {', '.join(CHEETAH_TRAIN_TERRAINS)}; "
+                   f"test: the same targets on held-out kinds {', '.join(CHEETAH_TEST_TERRAINS)}"),
         TaskFamily("quadruped_terrain_physics", "quadruped", _quadruped_terrain_physics,
                    "2-D terrain and varied physics; test: held-out kinds, low friction, weak motors"),
     )

@@ -85,6 +85,15 @@ def test_terrain_split_is_held_out() -> None:
     assert {t.terrain.kind for t in dist.sample(100, "test")} == set(CHEETAH_TEST_TERRAINS)
 
 
+def test_terrain_velocity_split_holds_out_the_kinds_and_commands_a_speed() -> None:
+    dist = TaskDistribution("cheetah_terrain_velocity", seed=0)
+    train, test = dist.sample(100, "train"), dist.sample(100, "test")
+    assert {t.terrain.kind for t in train} == set(CHEETAH_TRAIN_TERRAINS)
+    assert {t.terrain.kind for t in test} == set(CHEETAH_TEST_TERRAINS)
+    speeds = [t.goal.target_velocity for t in train + test]
+    assert all(0.0 <= v <= 2.0 for v in speeds) and max(speeds) > 1.8 and min(speeds) < 0.2
+
+
 def test_quadruped_test_split_holds_out_physics() -> None:
     dist = TaskDistribution("quadruped_terrain_physics", seed=0)
     assert min(t.physics.friction for t in dist.sample(50, "train")) >= 0.4
