@@ -20,6 +20,7 @@ from agents.continual.study import (
     METRICS,
     SEQUENCES,
     TUNING_GRID,
+    TUNING_METRIC,
     References,
     RunKey,
     StudySetting,
@@ -128,7 +129,8 @@ def summarize_sequence(store: StudyStore, sequence: str, seeds: Sequence[int], t
     """The sequence's summary from whatever finished: the tuning choice, every cell's metrics over the
     seeds it has, MAML minus each other initialisation (paired by seed), the issue's target check."""
     chosen, tuning_scores = tuning_choice(store, sequence, tuning_seeds)
-    references = pooled_references(store, sequence, [s for s in seeds if _references_done(store, sequence, s)])
+    final_seeds = [s for s in seeds if _references_done(store, sequence, s)]
+    references = pooled_references(store, sequence, final_seeds) if final_seeds else None
     steps = store.setting.steps_per_stage
     scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {init: {m: {} for m in METHODS} for init in INITS}
     wall, env_steps = 0.0, 0
@@ -136,7 +138,7 @@ def summarize_sequence(store: StudyStore, sequence: str, seeds: Sequence[int], t
         for method in METHODS:
             for seed in seeds:
                 record = store.load(RunKey(sequence, "final", f"{init}/{method}", seed))
-                if record is not None:
+                if record is not None and references is not None:
                     scores[init][method][seed] = score_run(record, references, steps)
                     wall += record["wall_time_s"]
                     env_steps += record["env_steps"]
@@ -148,8 +150,9 @@ def summarize_sequence(store: StudyStore, sequence: str, seeds: Sequence[int], t
             "held_out": [task["name"] for task in SEQUENCES[sequence].held_out],
             "task_heads": SEQUENCES[sequence].task_heads,
             "chosen": {method: setting_of(label) | {"label": label} for method, label in chosen.items()},
-            "tuning": tuning_scores, "references": {"random": references.low.tolist(),
-                                                    "from_scratch": references.high.tolist()},
+            "tuning": tuning_scores,
+            "references": None if references is None else {"random": references.low.tolist(),
+                                                            "from_scratch": references.high.tolist()},
             "cells": cells, "maml_minus": maml_vs, "target": target_check(scores["maml"]),
             "budget": {"runs": sum(len(v) for per in scores.values() for v in per.values()),
                        "wall_time_s": wall, "env_steps": env_steps}}
@@ -174,18 +177,15 @@ def run_study(runner: Runner, sequences: Sequence[str], seeds: Sequence[int], tu
         if not tuned:
             complete = False
             continue
-        if not all((root / path).is_file() for path in SEQUENCES[sequence].init_files.values()):
+        if all((root / path).is_file() for path in SEQUENCES[sequence].init_files.values()):
+            chosen, _ = tuning_choice(runner.store, sequence, tuning_seeds)
+            regularizers = {method: setting_of(label) for method, label in chosen.items()}
+            for seed in seeds:  # seed by seed: a study cut short has whole seeds
+                complete &= runner.run(references_plan(sequence, [seed], setting, root))
+                complete &= runner.run(final_plan(sequence, [seed], regularizers, setting, root))
+        else:
             complete = False  # the grid waits for the initialisations (the tuning runs did not need them)
-            continue
-        chosen, _ = tuning_choice(runner.store, sequence, tuning_seeds)
-        regularizers = {method: setting_of(label) for method, label in chosen.items()}
-        done = True
-        for seed in seeds:  # seed by seed: a study cut short has whole seeds
-            done &= runner.run(references_plan(sequence, [seed], setting, root))
-            done &= runner.run(final_plan(sequence, [seed], regularizers, setting, root))
-        complete &= done
-        if any(_references_done(runner.store, sequence, s) for s in seeds):
-            summary["sequences"][sequence] = summarize_sequence(runner.store, sequence, seeds, tuning_seeds)
+        summary["sequences"][sequence] = summarize_sequence(runner.store, sequence, seeds, tuning_seeds)
     summary["complete"] = complete
     return summary
 
@@ -225,10 +225,17 @@ def study_markdown(summary: dict, level: int = 2) -> str:
     for name, seq in summary["sequences"].items():
         chosen = ", ".join(f"{m}: {c['label']}" for m, c in seq["chosen"].items() if m != "finetune")
         budget = seq["budget"]
+        tuning = ", ".join(f"{label} {sum(v[TUNING_METRIC]) / len(v[TUNING_METRIC]):+.2f}"
+                           for label, v in seq["tuning"].items())
+        references = "" if seq["references"] is None else (
+            f" References (mean over the reported seeds' runs): random init "
+            f"{', '.join(f'{v:.1f}' for v in seq['references']['random'])}; PPO from scratch "
+            f"{', '.join(f'{v:.1f}' for v in seq['references']['from_scratch'])}.")
         lines += [f"{h}# Sequence `{name}`: {' -> '.join(seq['stages'])} (held out: {', '.join(seq['held_out'])})",
                   "", f"{'One output head per task. ' if seq['task_heads'] else 'One shared head. '}"
                   f"Chosen settings: {chosen}. {budget['runs']} runs, {budget['env_steps'] / 1e6:.1f}M env steps, "
-                  f"{budget['wall_time_s'] / 3600:.1f} h.", "",
+                  f"{budget['wall_time_s'] / 3600:.1f} h.{references}", "",
+                  f"Tuning ({LABELS[TUNING_METRIC]} on the tuning seeds, from scratch): {tuning}.", "",
                   "| init | method | " + " | ".join(LABELS[m] for m in METRICS) + " |",
                   "|---|---|" + "---:|" * len(METRICS)]
         for init, methods in seq["cells"].items():
