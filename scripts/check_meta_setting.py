@@ -1,4 +1,4 @@
-"""Does a meta-training setting change what is learned? Paired runs from scratch, across seeds.
+r"""Does a meta-training setting change what is learned? Paired runs from scratch, across seeds.
 
 Meta-trains the default cheetah velocity config (`assets/configs/maml_cheetah_velocity.yaml`) from
 scratch for a few iterations per seed and setting, and compares each setting's post-adaptation

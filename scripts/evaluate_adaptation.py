@@ -1,4 +1,4 @@
-"""Evaluate fast adaptation: a MAML initialisation against baselines on held-out tasks.
+r"""Evaluate fast adaptation: a MAML initialisation against baselines on held-out tasks.
 
     python scripts/evaluate_adaptation.py --checkpoint assets/checkpoints/maml_cheetah_velocity.pt --out runs/eval
     python scripts/evaluate_adaptation.py --checkpoint runs/maml/checkpoints/latest.pt --out runs/eval \

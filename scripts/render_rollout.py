@@ -1,4 +1,4 @@
-"""Render a checkpoint's policy on chosen terrains, before and after adaptation, to MP4 or GIF.
+r"""Render a checkpoint's policy on chosen terrains, before and after adaptation, to MP4 or GIF.
 
     python scripts/render_rollout.py --checkpoint assets/checkpoints/maml_cheetah_velocity.pt \
         --terrains flat:0 rough:0.5 stairs_up:0.4 --adapt-steps 1 --out runs/videos/rollout.mp4

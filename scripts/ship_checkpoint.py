@@ -1,4 +1,4 @@
-"""Ship a trained checkpoint with its provenance and evaluation figures (into assets/checkpoints).
+r"""Ship a trained checkpoint with its provenance and evaluation figures (into assets/checkpoints).
 
     python scripts/ship_checkpoint.py --checkpoint runs/maml/checkpoints/latest.pt --run runs/maml \
         --evaluation runs/eval/results.json --out assets/checkpoints/maml_cheetah_velocity.pt
