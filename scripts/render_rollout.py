@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from agents.meta.maml import adapt
+from agents.meta.inner import adapt
 from agents.runs.checkpoint import load_checkpoint
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.video import render_policy

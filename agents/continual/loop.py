@@ -30,7 +30,7 @@ from agents.continual.curriculum import CurriculumConfig, Schedule
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
-from agents.meta.maml import adapt
+from agents.meta.inner import adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.checkpoint import load_checkpoint, restore_rng_state
 from agents.runs.config import config_to_dict

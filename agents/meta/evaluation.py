@@ -2,7 +2,7 @@
 
 Protocol (the MAML paper's evaluation): for each seed and task, sample fresh episodes with the
 current parameters (at step 0 the initialisation itself), record their mean undiscounted return,
-then take one vanilla policy-gradient step (`agents.meta.maml.adapt`, first order) on those episodes;
+then take one vanilla policy-gradient step (`agents.meta.inner.adapt`, first order) on those episodes;
 repeat until k steps have been taken and the k-th adapted parameters have been rolled out. All
 tasks of a step are sampled in one `Sampler.sample(params=[per-task params])` call.
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.meta.maml import InnerLR, adapt
+from agents.meta.inner import InnerLR, adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from agents.episodes import Episodes
 from agents.meta.evaluation import random_init
-from agents.meta.maml import detach_distribution, masked_mean
+from agents.meta.inner import detach_distribution, masked_mean
 from agents.meta.meta_train import iteration_seed
 from agents.meta.returns import baseline_advantages
 from agents.meta.trpo import conjugate_gradient, flatten_params, hessian_vector_product, line_search

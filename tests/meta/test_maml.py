@@ -7,21 +7,17 @@ import torch
 from torch.distributions import Independent, Normal
 
 from agents.episodes import Episodes
-from agents.meta.maml import (
+from agents.meta.inner import (
     LR_PREFIX,
-    MAMLTRPO,
-    MAMLConfig,
     adapt,
     adapt_k_steps,
     adapt_tasks,
     detach_distribution,
     inner_loss,
-    kl_curvature_outputs,
     masked_mean,
-    outer_objective,
-    outer_objective_per_task,
     surrogate_weights,
 )
+from agents.meta.maml import MAMLTRPO, MAMLConfig, kl_curvature_outputs, outer_objective, outer_objective_per_task
 from agents.meta.returns import baseline_advantages
 from agents.meta.task_batch import prepare_tasks
 from agents.meta.trpo import flatten_params, gauss_newton_vector_product, hessian_vector_product, unflatten_params

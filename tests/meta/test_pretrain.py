@@ -10,7 +10,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from agents.meta.evaluation import random_init
-from agents.meta.maml import masked_mean
+from agents.meta.inner import masked_mean
 from agents.meta.pretrain import PretrainConfig, pretrain, pretrain_iteration, save_pretrained, trpo_step
 from agents.meta.returns import baseline_advantages
 from agents.runs.checkpoint import load_checkpoint
