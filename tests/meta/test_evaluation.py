@@ -230,3 +230,26 @@ def test_learned_step_sizes_are_the_ones_used(policies) -> None:
     assert np.abs(frozen.returns["meta_sgd"][:, :, 1] - result_with_default_step(policy)[:, :, 1]).min() > 1e-3
     with pytest.raises(ValueError, match="inner_lrs"):
         compare({"init": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"other": zero})
+
+
+def test_comparing_two_evaluations_pairs_them_task_by_task(load_script) -> None:
+    """MAML against the pretrained policy of the same shipped evaluation, through the comparison
+    script, gives exactly the evaluation's own paired 'versus' rows; evaluations of other tasks are
+    refused with one line."""
+    import json
+    from pathlib import Path
+
+    compare = load_script("compare_evaluations")
+    results_dir = Path(__file__).resolve().parents[2] / "assets" / "results"
+    shipped = json.loads((results_dir / "adaptation_cheetah_velocity.json").read_text())
+    result = compare.compare(shipped, shipped, "maml", "pretrained")
+    versus = {row["step"]: row for row in shipped["versus"] if row["other"] == "pretrained"}
+    for row in result["rows"]:
+        assert row["return_difference"] == pytest.approx(versus[row["step"]]["mean"])
+        assert (row["low"], row["high"]) == pytest.approx((versus[row["step"]]["mean_low"],
+                                                           versus[row["step"]]["mean_high"]))
+    same = compare.compare(shipped, shipped, "maml", "maml")
+    assert all(row["return_difference"] == 0 and not row["distinguishable"] for row in same["rows"])
+    check = json.loads((results_dir / "adaptation_cheetah_velocity_check.json").read_text())
+    with pytest.raises(ValueError, match="task_seed: the evaluations differ"):
+        compare.compare(shipped, check, "maml", "maml")
