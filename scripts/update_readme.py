@@ -9,6 +9,8 @@ the README is out of date (the test suite runs it).
     python scripts/benchmark_ray.py --out assets/results   # and/or
     python scripts/check_meta_setting.py --name fisher_check ... --out assets/results   # and/or
     python scripts/evaluate_adaptation.py ... --out DIR && cp DIR/results.json assets/results/adaptation_<name>.json
+    python scripts/compare_evaluations.py --a A.json --b B.json ... --out assets/results/comparison_<name>.json
+    python scripts/benchmark_continual.py --study thesis   # writes assets/results/thesis.json
     python scripts/update_readme.py
 """
 
@@ -25,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import to_markdown as benchmark_markdown
 from benchmark_ray import to_markdown as benchmark_ray_markdown
 from check_meta_setting import to_markdown as check_markdown
+from compare_evaluations import to_markdown as comparison_markdown
 
+from agents.continual.study_run import study_markdown
 from agents.meta.adaptation_report import markdown_from_dict
 from agents.runs.checkpoint import load_checkpoint
 
@@ -41,7 +45,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "estimator_check": ("estimator_check.json", lambda results: check_markdown(results, level=3)),
     "estimator_check_fresh_seeds": ("estimator_check_fresh_seeds.json",
                                     lambda results: check_markdown(results, level=3)),
-    # and one section per adaptation evaluation: assets/results/adaptation_<name>.json (see `sections`)
+    # and one section per adaptation evaluation (assets/results/adaptation_<name>.json), per comparison
+    # of two (comparison_<name>.json) and the thesis study's summary (thesis.json), when present (`sections`)
 }
 
 
@@ -68,9 +73,13 @@ def adaptation_markdown(results: dict) -> str:
 
 
 def sections(results_dir: Path = RESULTS) -> dict[str, tuple[str, Callable[[dict], str]]]:
-    """`SECTIONS` plus one per `adaptation_<name>.json` in `results_dir` (every evaluation shipped
-    there must be shown)."""
+    """`SECTIONS` plus one per `adaptation_<name>.json` and `comparison_<name>.json` in `results_dir`, and
+    the thesis study's `thesis.json` if there (every result shipped there must be shown)."""
     found = {path.stem: (path.name, adaptation_markdown) for path in sorted(results_dir.glob("adaptation_*.json"))}
+    found |= {path.stem: (path.name, lambda r: comparison_markdown(r, r["label_a"], r["label_b"]))
+              for path in sorted(results_dir.glob("comparison_*.json"))}
+    if (results_dir / "thesis.json").is_file():
+        found["thesis"] = ("thesis.json", lambda results: study_markdown(results, level=3))
     return {**SECTIONS, **found}
 
 
