@@ -233,7 +233,7 @@ def study_markdown(summary: dict, level: int = 2) -> str:
             f"{', '.join(f'{v:.1f}' for v in seq['references']['from_scratch'])}.")
         lines += [f"{h}# Sequence `{name}`: {' -> '.join(seq['stages'])} (held out: {', '.join(seq['held_out'])})",
                   "", f"{'One output head per task. ' if seq['task_heads'] else 'One shared head. '}"
-                  f"Chosen settings: {chosen}. {budget['runs']} runs, {budget['env_steps'] / 1e6:.1f}M env steps, "
+                  f"Chosen settings: {chosen}. {budget['runs']} runs, {budget['env_steps'] / 1e6:.1f}M PPO env steps, "
                   f"{budget['wall_time_s'] / 3600:.1f} h.{references}", "",
                   f"Tuning ({LABELS[TUNING_METRIC]} on the tuning seeds, from scratch): {tuning}.", "",
                   "| init | method | " + " | ".join(LABELS[m] for m in METRICS) + " |",
