@@ -17,6 +17,7 @@ the README is out of date (the test suite runs it).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -31,7 +32,7 @@ from compare_evaluations import to_markdown as comparison_markdown
 
 from agents.continual.study_run import study_markdown
 from agents.meta.adaptation_report import markdown_from_dict
-from agents.runs.checkpoint import load_checkpoint
+from agents.runs.checkpoint import load_checkpoint, policy_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "assets" / "results"
@@ -50,15 +51,25 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
 }
 
 
+@functools.cache
+def shipped_policies() -> dict[str, Path]:
+    """policy_sha256 -> the shipped checkpoint holding that policy."""
+    return {policy_sha256(load_checkpoint(path).policy): path for path in sorted(SHIPPED.glob("*.pt"))}
+
+
 def adaptation_markdown(results: dict) -> str:
     """An evaluation's tables (`evaluate_adaptation.py`'s results.json), under a line saying what was
-    evaluated and how long each method trained."""
+    evaluated and how long each method trained. A method whose policy (by its sha256) is a shipped
+    checkpoint is named by that file, with its recorded budget, wherever it was evaluated from."""
     meta = results["metadata"]
     parts = []
     for name, source in meta["sources"].items():
         training = meta.get("training", {}).get(name)
-        shipped = SHIPPED / Path(source).name if isinstance(source, str) else None
-        if shipped is not None and shipped.is_file():  # the shipped file's own record (summed over resumes)
+        shipped = shipped_policies().get(meta.get("policy_sha256", {}).get(name, ""))
+        if shipped is None and isinstance(source, str):
+            shipped = SHIPPED / Path(source).name
+        if isinstance(source, str) and shipped is not None and shipped.is_file():
+            source = str(shipped)  # the shipped file's own record (summed over resumes)
             checkpoint = load_checkpoint(shipped)
             training = {"iterations": checkpoint.iteration, "budget": checkpoint.metadata.get("budget")}
         if training and training.get("budget"):
