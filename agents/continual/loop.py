@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
@@ -30,6 +26,7 @@ from agents.continual.curriculum import CurriculumConfig, Schedule
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
+from agents.continual.stage import CurriculumState, StageCallback, StageProgress
 from agents.meta.inner import adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.checkpoint import load_checkpoint, restore_rng_state
@@ -51,90 +48,6 @@ def unanchored(task_heads: bool, anchor_log_std: bool) -> tuple[str, ...]:
     if task_heads:
         return SB3_HEAD
     return () if anchor_log_std else ("log_std",)
-
-
-@dataclass
-class CurriculumState:
-    """Everything a finished stage leaves behind (what a resumed run starts from)."""
-
-    history: list[dict] = field(default_factory=list)  # one record per finished stage
-    matrix: list[list[float]] = field(default_factory=list)  # raw returns R[i][j] (NaN: not evaluated)
-    held_out: list[list[float]] = field(default_factory=list)  # raw held-out returns after each stage
-    pool_returns: list[list[float]] = field(default_factory=list)  # per pool entry, normalised evals
-    curves: list[list[list[float]]] = field(default_factory=list)  # per stage: [env step, mean return]
-    # per stage: [env step, deterministic return] every evaluation.curve_every steps (empty when 0)
-    eval_curves: list[list[list[float]]] = field(default_factory=list)
-    random_returns: list[float] = field(default_factory=list)  # random-init return of each pool task
-    random_held_out: list[float] = field(default_factory=list)
-    retries: int = 0
-    seconds: float = 0.0  # wall time of the finished stages, summed over resumes
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return dict(self.__dict__)
-
-
-@dataclass
-class StageProgress:
-    """A stage between its adaptation and its evaluation: what a mid-stage checkpoint holds of it."""
-
-    stage: int
-    pool_index: int
-    adaptation: dict[str, float]  # `Curriculum._adapt`'s returns
-    start: int  # the model's num_timesteps when the stage's training began
-    saved_at: int  # num_timesteps of the newest checkpoint (the stage's start until one is taken)
-    curve: list[list[float]] = field(default_factory=list)  # [env step in the stage, mean return]
-    eval_curve: list[list[float]] = field(default_factory=list)  # [env step in the stage, deterministic return]
-    seconds: float = 0.0  # wall time spent on the stage before this process took it over
-    _clock: float = field(default_factory=time.perf_counter, repr=False)
-
-    def elapsed(self) -> float:
-        """Wall time of the stage so far, over every process that worked on it."""
-        return self.seconds + time.perf_counter() - self._clock
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values; `StageProgress(**d)` continues the clock from `seconds`."""
-        state = {k: v for k, v in self.__dict__.items() if k != "_clock"}
-        state["seconds"] = self.elapsed()
-        return state
-
-
-class _StageCallback(BaseCallback):
-    """Records (timesteps, mean training-episode return) after each PPO rollout, and checkpoints
-    before a rollout that would take the stage more than `every` env steps past its newest
-    checkpoint (so a kill loses at most `every` steps, or one rollout if that is longer)."""
-
-    def __init__(self, curriculum: Curriculum, progress: StageProgress, every: int, bar: tqdm | None) -> None:
-        super().__init__()
-        self.curriculum, self.progress, self.every, self.bar = curriculum, progress, every, bar
-        self._shown = 0 if bar is None else bar.n
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_start(self) -> None:
-        # Between two updates the policy is the one trained on `done` steps: evaluate it when
-        # another multiple of curve_every has passed (before any checkpoint, so it holds the point).
-        done = self.model.num_timesteps - self.progress.start
-        every = self.curriculum.config.evaluation.curve_every
-        last = self.progress.eval_curve[-1][0] if self.progress.eval_curve else 0
-        if every and done // every > last // every:
-            self.progress.eval_curve.append([done, self.curriculum.evaluate_training_policy(self.progress)])
-        now = self.model.num_timesteps
-        rollout = self.model.n_steps * self.model.n_envs
-        if now > self.progress.saved_at and now - self.progress.saved_at + rollout > self.every:
-            self.curriculum.save_paused(self.progress, call_end=self.model._total_timesteps)
-
-    def _on_rollout_end(self) -> None:
-        done = self.model.num_timesteps - self.progress.start
-        if self.model.ep_info_buffer:
-            mean_return = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
-            self.progress.curve.append([done, mean_return])
-
-        if self.bar is not None:  # PPO collects whole rollouts: the last one may end past the budget
-            shown = min(done, self.bar.total)
-            self.bar.update(shown - self._shown)
-            self._shown = shown
 
 
 def check_curriculum(config: CurriculumConfig) -> None:
@@ -423,7 +336,7 @@ class Curriculum:
         done = self.model.num_timesteps - progress.start
         bar = tqdm(total=cfg.steps_per_stage, initial=min(done, cfg.steps_per_stage), unit="step",
                    desc=f"stage {stage} {task.describe()}", disable=not self.progress, leave=False)
-        callback = _StageCallback(self, progress, cfg.checkpoint_every, bar)
+        callback = StageCallback(self, progress, cfg.checkpoint_every, bar)
         while True:
             done = self.model.num_timesteps - progress.start
             if call_end is not None:
