@@ -54,15 +54,35 @@ def test_a_sweep_on_ray_gives_the_local_results(tmp_path: Path, local_ray) -> No
     assert local[0]["matrix"] != local[1]["matrix"], "the two seeds are different runs"
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of process `pid` (0 once gone or at the top)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is among the parents of `pid`."""
+    while pid > 1:
+        pid = parent_pid(pid)
+        if pid == ancestor:
+            return True
+    return False
+
+
 def ray_worker_running(function_name: str) -> int | None:
-    """PID of a Ray worker process executing `function_name` (its title is 'ray::<name>')."""
+    """PID of a worker of this test's own Ray (the local Ray started by this process: its raylet and
+    workers descend from it) executing `function_name` (title 'ray::<name>'). Workers of any other
+    Ray on the machine, e.g. a user's sweep, are never picked."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if cmdline.startswith(f"ray::{function_name}"):
+            if cmdline.startswith(f"ray::{function_name}") and descends_from(int(entry.name), os.getpid()):
                 return int(entry.name)
     return None
 
