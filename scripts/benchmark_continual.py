@@ -276,7 +276,7 @@ def thesis(args: argparse.Namespace) -> None:
                       "runs go ahead, its grid waits for the file")
     for path, field in ((args.results, "results"), (args.summary.parent, "summary")):
         check_writable(path, field)
-    runner = Runner(StudyStore(args.results, setting), args.out, args.backend, args.ray_address, args.max_runs)
+    runner = Runner(StudyStore(args.results, setting, root), args.out, args.backend, args.ray_address, args.max_runs)
     summary = run_study(runner, args.study_sequences, args.study_seeds, args.tuning_seeds, root)
     if not summary["sequences"]:
         print(f"no sequence has finished its tuning runs yet ({runner.started} runs this call); run it again")

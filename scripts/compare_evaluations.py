@@ -40,7 +40,8 @@ def check_same_tasks(a: dict, b: dict) -> None:
     for field in SAME:
         if a["metadata"][field] != b["metadata"][field]:
             raise ValueError(f"{field}: the evaluations differ ({a['metadata'][field]!r} vs {b['metadata'][field]!r})")
-    for field in ("seeds", "steps", "episodes_per_task", "horizon", "inner_lr"):
+    for field in ("seeds", "steps", "episodes_per_task", "horizon", "inner_lr", "gamma", "gae_lambda",
+                  "normalize_advantages"):
         if a["config"][field] != b["config"][field]:
             raise ValueError(f"config.{field}: the evaluations differ "
                              f"({a['config'][field]!r} vs {b['config'][field]!r})")
@@ -82,7 +83,8 @@ def to_markdown(result: dict, label_a: str, label_b: str) -> str:
              f"tasks (seeds {', '.join(map(str, result['seeds']))}), {result['episodes_per_task']} episodes per task "
              "and step; 95% stratified-bootstrap intervals (tasks resampled within seeds).", "",
              "| step | return difference [95 % interval] | P(" + label_a + " better) | verdict |"
-             + (" speed-error difference (m/s) |" if "speed_error_difference" in result["rows"][0] else ""),
+             + (" speed-error difference (m/s; negative: A closer to the target) |"
+                if "speed_error_difference" in result["rows"][0] else ""),
              "|---|---:|---:|---|" + ("---:|" if "speed_error_difference" in result["rows"][0] else "")]
     for row in result["rows"]:
         step = "before" if row["step"] == 0 else f"{row['step']} step{'s' if row['step'] > 1 else ''}"

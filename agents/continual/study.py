@@ -15,7 +15,6 @@ finishes; a study resumes by skipping the runs whose file is there (`StudyStore`
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -163,10 +162,35 @@ class RunKey:
         return f"{self.sequence}/{self.phase}/{self.name}/seed{self.seed}.json"
 
 
-def run_record(key: RunKey, config: dict, state: dict, setting: StudySetting) -> dict:
-    """The small result of a finished run: what the metrics need, with its config and budget."""
+def portable(config: dict, root: Path) -> dict:
+    """`config` with its initialisation path relative to the project `root` (records are committed
+    and read on other checkouts, where the absolute path differs)."""
+    init = config["init"]
+    if init == "scratch":
+        return dict(config)
+    path = Path(init)
+    return config | {"init": str(path.relative_to(root)) if path.is_absolute() and path.is_relative_to(root)
+                     else init}
+
+
+def init_digest(config: dict, root: Path) -> str | None:
+    """The sha256 of the run's initialisation file (None from scratch): results made from another
+    version of a shipped initialisation must not mix with the current one's."""
+    init = config["init"]
+    if init == "scratch":
+        return None
+    path = Path(init) if Path(init).is_absolute() else root / init
+    if not path.is_file():
+        raise ValueError(f"init: the initialisation file {init} is missing")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_record(key: RunKey, config: dict, state: dict, setting: StudySetting, root: Path, digest: str | None
+               ) -> dict:
+    """The small result of a finished run: what the metrics need, its (portable) config, the sha256
+    of the initialisation file it started from (`digest`, taken when the run was planned) and its budget."""
     history = state["history"]
-    return {"key": key.__dict__, "setting": setting.to_dict(), "config": config, "init_sha256": init_digest(config),
+    return {"key": key.__dict__, "setting": setting.to_dict(), "config": portable(config, root), "init_sha256": digest,
             "matrix": state["matrix"], "eval_curves": state["eval_curves"],
             "random_returns": state["random_returns"], "held_out": state["held_out"][-1] if state["held_out"] else [],
             "random_held_out": state["random_held_out"],
@@ -175,28 +199,19 @@ def run_record(key: RunKey, config: dict, state: dict, setting: StudySetting) ->
             "wall_time_s": state["seconds"], "env_steps": setting.steps_per_stage * len(history)}
 
 
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def init_digest(config: dict) -> str | None:
-    """The sha256 of the run's initialisation file (None from scratch): results made from an
-    earlier version of a shipped initialisation must not mix with the current one's."""
-    init = config["init"]
-    return None if init == "scratch" else _file_sha256(init, Path(init).stat().st_mtime_ns)
-
-
 class StudyStore:
-    """The results folder: one JSON per finished run, all of one `StudySetting`."""
+    """The results folder: one JSON per finished run, all of one `StudySetting`; initialisation
+    paths are resolved against the project `root`."""
 
-    def __init__(self, folder: Path, setting: StudySetting) -> None:
+    def __init__(self, folder: Path, setting: StudySetting, root: Path) -> None:
         self.folder = Path(folder)
         self.setting = setting
+        self.root = Path(root)
 
-    def load(self, key: RunKey) -> dict | None:
-        """The run's record, or None if it has not finished. A record of another setting is an error
-        (one line naming the file), so runs of two budgets never mix in one table."""
+    def load(self, key: RunKey, planned: dict | None = None) -> dict | None:
+        """The run's record, or None if it has not finished. A record of another setting, of another
+        config than `planned`, or made from another version of its initialisation file is an error
+        (one line naming the file), so runs that differ never mix in one table."""
         path = self.folder / key.path
         if not path.is_file():
             return None
@@ -204,10 +219,11 @@ class StudyStore:
         if record["setting"] != self.setting.to_dict():
             raise ValueError(f"{path}: a run of another study setting ({record['setting']}, this study "
                              f"{self.setting.to_dict()}); use another --results folder")
-        init = record["config"]["init"]
-        if init != "scratch" and Path(init).is_file() and record.get("init_sha256") != init_digest(record["config"]):
-            raise ValueError(f"{path}: made from another version of {init}; move the study's results of that "
-                             "initialisation aside or restore the file")
+        if planned is not None and record["config"] != portable(planned, self.root):
+            raise ValueError(f"{path}: made with another curriculum config than this study plans; move it aside")
+        if record.get("init_sha256") != init_digest(record["config"], self.root):
+            raise ValueError(f"{path}: made from another version of {record['config']['init']}; move the study's "
+                             "results of that initialisation aside or restore the file")
         return record
 
     def save(self, key: RunKey, record: dict) -> Path:
@@ -228,8 +244,10 @@ def curve_on_grid(curve: list[list[float]], steps: int, low: float, high: float)
 
 @dataclass
 class References:
-    """Per task of a sequence, averaged over seeds: random-init and from-scratch returns, and the
-    from-scratch normalised evaluation curve."""
+    """Per task of a sequence, averaged over seeds: the random init's return (the 0), the best
+    deterministic evaluation a from-scratch PPO run reached on its curve (the 1; its final one alone
+    swings by tens between neighbouring evaluations at these budgets, and a "1" barely above the
+    0 would make one task outweigh the rest), and the from-scratch normalised evaluation curve."""
 
     low: np.ndarray
     high: np.ndarray
@@ -239,7 +257,7 @@ class References:
     def pooled(cls, records: list[list[dict]], steps: int) -> References:
         """From `records[seed][task]`, the reference runs of each seed."""
         low = np.mean([[r["random_returns"][0] for r in seed] for seed in records], axis=0)
-        high = np.mean([[r["matrix"][0][0] for r in seed] for seed in records], axis=0)
+        high = np.mean([[max(point[1] for point in r["eval_curves"][0]) for r in seed] for seed in records], axis=0)
         unlearnable = [j for j in range(len(low)) if not high[j] > low[j]]
         if unlearnable:
             raise ValueError(f"references: the from-scratch runs did not beat the random init on tasks {unlearnable} "
@@ -253,8 +271,9 @@ class References:
 def score_run(record: dict, references: References, steps: int) -> dict[str, float]:
     """One run's metrics on the pooled references: average performance, forgetting, learning
     accuracy, forward transfer (deterministic curves against the references' mean curve),
-    jump-start (normalised return right after each stage's adaptation, mean over stages) and the
-    held-out return above the random init's (mean over held-out tasks, raw)."""
+    jump-start (normalised return right after a stage's adaptation: the first stage's, which is the
+    initialisation's own, and the mean over stages) and the held-out return above the random
+    init's (mean over held-out tasks, raw)."""
     low, high = references.low, references.high
     matrix = normalize(np.asarray(record["matrix"], dtype=float), low, high)
     curves = [curve_on_grid(curve, steps, low[j], high[j]) for j, curve in enumerate(record["eval_curves"])]
@@ -265,12 +284,13 @@ def score_run(record: dict, references: References, steps: int) -> dict[str, flo
             "forgetting": metrics["average_forgetting"],
             "learning_accuracy": metrics["learning_accuracy"],
             "forward_transfer": metrics["average_forward_transfer"],
+            "first_jump_start": float(jump[0]),
             "jump_start": float(jump.mean()),
             "held_out_over_random": float(held.mean()) if held.size else math.nan}
 
 
-METRICS = ("average_performance", "forgetting", "forward_transfer", "jump_start", "learning_accuracy",
-           "held_out_over_random")
+METRICS = ("average_performance", "forgetting", "forward_transfer", "first_jump_start", "jump_start",
+           "learning_accuracy", "held_out_over_random")
 
 
 def interval(values: Iterable[float]) -> dict[str, float | int]:
@@ -280,11 +300,6 @@ def interval(values: Iterable[float]) -> dict[str, float | int]:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
     mean, low, high = mean_confidence_interval(values)
     return {"mean": mean, "low": low, "high": high, "n": len(values)}
-
-
-def distinguishable(cell: dict) -> bool:
-    """Whether an interval of a difference excludes zero."""
-    return math.isfinite(cell["low"]) and (cell["low"] > 0 or cell["high"] < 0)
 
 
 def choose_settings(scores: dict[str, dict[str, list[float]]]) -> dict[str, str]:
@@ -313,18 +328,20 @@ def paired(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], metri
 def target_check(cells: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict]:
     """The issue's target with the MAML initialisation: a method's forgetting at most 10% of
     fine-tuning's while its forward transfer is at least fine-tuning's. `cells[method]` are the
-    MAML-initialised runs' scores by seed."""
+    MAML-initialised runs' scores by seed; each method is compared with fine-tuning on the seeds
+    both have. Undefined (`met` None) where fine-tuning does not forget on average."""
     out = {}
     finetune = cells.get("finetune", {})
-    ft_forgetting = float(np.mean([s["forgetting"] for s in finetune.values()])) if finetune else math.nan
     for method in ("ewc", "replay", "packnet"):
         runs = cells.get(method, {})
-        if not runs or not finetune:
+        seeds = sorted(set(runs) & set(finetune))
+        if not seeds:
             continue
-        forgetting = float(np.mean([s["forgetting"] for s in runs.values()]))
+        forgetting = float(np.mean([runs[s]["forgetting"] for s in seeds]))
+        ft_forgetting = float(np.mean([finetune[s]["forgetting"] for s in seeds]))
         ratio = forgetting / ft_forgetting if ft_forgetting > 0 else math.nan
         transfer = paired(runs, finetune, "forward_transfer")
-        out[method] = {"forgetting": forgetting, "finetune_forgetting": ft_forgetting,
-                       "forgetting_ratio": ratio, "forward_transfer_minus_finetune": transfer,
-                       "met": bool(math.isfinite(ratio) and ratio <= 0.1 and transfer["mean"] >= 0)}
+        met = None if not math.isfinite(ratio) else bool(ratio <= 0.1 and transfer["mean"] >= 0)
+        out[method] = {"seeds": seeds, "forgetting": forgetting, "finetune_forgetting": ft_forgetting,
+                       "forgetting_ratio": ratio, "forward_transfer_minus_finetune": transfer, "met": met}
     return out

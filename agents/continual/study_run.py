@@ -8,6 +8,7 @@ a run cut short resumes from its run directory's checkpoints.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from agents.continual.study import (
     cell_summary,
     choose_settings,
     curriculum_config,
+    init_digest,
     paired,
     reference_config,
     run_record,
@@ -55,8 +57,9 @@ def tuning_plan(sequence: str, seeds: Sequence[int], setting: StudySetting, root
 
 def final_plan(sequence: str, seeds: Sequence[int], chosen: dict[str, dict], setting: StudySetting, root: Path
                ) -> Planned:
-    """The grid init x method (each method at its chosen setting) on the reported `seeds`, seed by seed."""
-    return [(RunKey(sequence, "final", f"{init}/{method}", seed),
+    """The grid init x method (each method at its chosen setting, named in the key) on the reported
+    `seeds`, seed by seed."""
+    return [(RunKey(sequence, "final", f"{init}/{setting_label(chosen[method])}", seed),
              curriculum_config(sequence, init, chosen[method], seed, setting, root))
             for seed in seeds for init in INITS for method in METHODS]
 
@@ -76,8 +79,8 @@ class Runner:
         self.started = 0
 
     def missing(self, plan: Planned) -> Planned:
-        """The planned runs without a result file."""
-        return [(key, config) for key, config in plan if self.store.load(key) is None]
+        """The planned runs without a result file (a result of another config is an error)."""
+        return [(key, config) for key, config in plan if self.store.load(key, planned=config) is None]
 
     def run(self, plan: Planned) -> bool:
         """Run the missing runs of `plan` (within the budget); True when all of `plan` has results."""
@@ -85,13 +88,21 @@ class Runner:
         if self.budget is not None:
             todo = todo[: max(self.budget - self.started, 0)]
         if todo:
-            keys = {key.path: (key, config) for key, config in todo}
-            jobs = [CurriculumJob(key.path.removesuffix(".json"), config, str(self.run_folder.resolve()),
-                                  self.sweep_id, reuse=True) for key, config in todo]
+            root = self.store.root
+            # The initialisation's sha256 is taken now and names the run directory, so a run made
+            # from an earlier version of the file is never resumed or read back as this one's.
+            digests = {key.path: init_digest(config, root) for key, config in todo}
+            names = {key.path: key.path.removesuffix(".json") + (f"-{d[:12]}" if (d := digests[key.path]) else "")
+                     for key, _ in todo}
+            by_name = {names[key.path]: (key, config) for key, config in todo}
+            jobs = [CurriculumJob(names[key.path], config, str(self.run_folder.resolve()), self.sweep_id, reuse=True)
+                    for key, config in todo]
 
             def save(job: CurriculumJob, state: dict) -> None:
-                key, config = keys[job.name + ".json"]
-                self.store.save(key, run_record(key, config, state, self.store.setting))
+                key, config = by_name[job.name]
+                if init_digest(config, root) != digests[key.path]:
+                    raise ValueError(f"init: {config['init']} changed while {key.path} ran; its result is not saved")
+                self.store.save(key, run_record(key, config, state, self.store.setting, root, digests[key.path]))
                 print(f"saved {key.path} ({state['seconds'] / 60:.1f} min)", flush=True)
 
             self.started += len(todo)
@@ -133,15 +144,12 @@ def summarize_sequence(store: StudyStore, sequence: str, seeds: Sequence[int], t
     references = pooled_references(store, sequence, final_seeds) if final_seeds else None
     steps = store.setting.steps_per_stage
     scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {init: {m: {} for m in METHODS} for init in INITS}
-    wall, env_steps = 0.0, 0
     for init in INITS:
         for method in METHODS:
             for seed in seeds:
-                record = store.load(RunKey(sequence, "final", f"{init}/{method}", seed))
+                record = store.load(RunKey(sequence, "final", f"{init}/{chosen[method]}", seed))
                 if record is not None and references is not None:
                     scores[init][method][seed] = score_run(record, references, steps)
-                    wall += record["wall_time_s"]
-                    env_steps += record["env_steps"]
     cells = {init: {method: cell_summary(scores[init][method]) for method in METHODS} for init in INITS}
     maml_vs = {other: {method: {metric: paired(scores["maml"][method], scores[other][method], metric)
                                 for metric in METRICS} for method in METHODS}
@@ -154,8 +162,21 @@ def summarize_sequence(store: StudyStore, sequence: str, seeds: Sequence[int], t
             "references": None if references is None else {"random": references.low.tolist(),
                                                             "from_scratch": references.high.tolist()},
             "cells": cells, "maml_minus": maml_vs, "target": target_check(scores["maml"]),
-            "budget": {"runs": sum(len(v) for per in scores.values() for v in per.values()),
-                       "wall_time_s": wall, "env_steps": env_steps}}
+            "budget": spent(store, sequence)}
+
+
+def spent(store: StudyStore, sequence: str) -> dict[str, dict[str, float]]:
+    """Runs, PPO env steps and wall time of the sequence's finished runs per phase (references,
+    tuning, grid) and in total; the initialisations' own training is recorded in their checkpoints."""
+    budget = {}
+    for phase in ("reference", "tune", "final"):
+        records = [json.loads(path.read_text(encoding="utf-8"))
+                   for path in sorted((store.folder / sequence / phase).glob("**/*.json"))]
+        budget[phase] = {"runs": len(records), "env_steps": sum(r["env_steps"] for r in records),
+                         "wall_time_s": sum(r["wall_time_s"] for r in records)}
+    budget["total"] = {key: sum(phase[key] for phase in budget.values())
+                       for key in ("runs", "env_steps", "wall_time_s")}
+    return budget
 
 
 def _references_done(store: StudyStore, sequence: str, seed: int) -> bool:
@@ -193,16 +214,19 @@ def run_study(runner: Runner, sequences: Sequence[str], seeds: Sequence[int], tu
 # --- report -------------------------------------------------------------------------------------
 
 LABELS = {"average_performance": "average performance", "forgetting": "forgetting",
-          "forward_transfer": "forward transfer", "jump_start": "jump-start",
-          "learning_accuracy": "learning accuracy", "held_out_over_random": "held-out return over random"}
+          "forward_transfer": "forward transfer", "first_jump_start": "jump-start, first stage",
+          "jump_start": "jump-start, mean over stages", "learning_accuracy": "learning accuracy",
+          "held_out_over_random": "held-out return above random (raw)"}
 
 
-def _fmt(cell: dict, digits: int = 2) -> str:
+def _fmt(cell: dict, digits: int = 2, seeds: int | None = None) -> str:
+    """'mean [low, high]', with n where fewer than `seeds` seeds have finished."""
     if cell["n"] == 0:
         return "–"
+    n = f" (n={cell['n']})" if seeds is not None and cell["n"] < seeds else ""
     if not math.isfinite(cell["low"]):
         return f"{cell['mean']:+.{digits}f} (n={cell['n']})"
-    return f"{cell['mean']:+.{digits}f} [{cell['low']:+.{digits}f}, {cell['high']:+.{digits}f}]"
+    return f"{cell['mean']:+.{digits}f} [{cell['low']:+.{digits}f}, {cell['high']:+.{digits}f}]{n}"
 
 
 def study_markdown(summary: dict, level: int = 2) -> str:
@@ -216,15 +240,20 @@ def study_markdown(summary: dict, level: int = 2) -> str:
              f"start, {setting['eval_episodes']} deterministic evaluation episodes per task. Reported seeds "
              f"{', '.join(map(str, summary['seeds']))}; each method's setting chosen on tuning seeds "
              f"{', '.join(map(str, summary['tuning_seeds']))} (from scratch, best average performance). "
-             "Normalised per task: 0 = random init, 1 = PPO from scratch on that task alone with the same budget "
-             "(both averaged over the seeds); forward transfer from deterministic evaluation curves against the "
-             "from-scratch runs' mean curve; jump-start: the normalised return right after each stage's "
-             "adaptation step. Mean and 95% t-interval over seeds; n = seeds finished."
+             "Normalised per task (all but the held-out column): 0 = random init, 1 = the best deterministic "
+             "evaluation a PPO run from scratch on that task alone reached within the same budget (both averaged "
+             "over the seeds); forward transfer from deterministic evaluation curves against the from-scratch "
+             "runs' mean curve; jump-start: the normalised return right after a stage's adaptation step (the first "
+             "stage's is the initialisation's own). Mean and 95% t-interval over seeds (n: seeds finished, where "
+             "fewer than all); intervals are not corrected for the number of comparisons in a table."
              + ("" if summary.get("complete") else " **The study is not complete: cells list the seeds "
                 "finished so far.**"), ""]
     for name, seq in summary["sequences"].items():
         chosen = ", ".join(f"{m}: {c['label']}" for m, c in seq["chosen"].items() if m != "finetune")
         budget = seq["budget"]
+        cost = "; ".join(f"{phase} {b['runs']} runs, {b['env_steps'] / 1e6:.1f}M PPO env steps, "
+                         f"{b['wall_time_s'] / 3600:.1f} h" for phase, b in budget.items())
+        n_seeds = len(summary["seeds"])
         tuning = ", ".join(f"{label} {sum(v[TUNING_METRIC]) / len(v[TUNING_METRIC]):+.2f}"
                            for label, v in seq["tuning"].items())
         references = "" if seq["references"] is None else (
@@ -233,28 +262,30 @@ def study_markdown(summary: dict, level: int = 2) -> str:
             f"{', '.join(f'{v:.1f}' for v in seq['references']['from_scratch'])}.")
         lines += [f"{h}# Sequence `{name}`: {' -> '.join(seq['stages'])} (held out: {', '.join(seq['held_out'])})",
                   "", f"{'One output head per task. ' if seq['task_heads'] else 'One shared head. '}"
-                  f"Chosen settings: {chosen}. {budget['runs']} runs, {budget['env_steps'] / 1e6:.1f}M PPO env steps, "
-                  f"{budget['wall_time_s'] / 3600:.1f} h.{references}", "",
+                  f"Chosen settings: {chosen}. Spent: {cost}.{references}", "",
                   f"Tuning ({LABELS[TUNING_METRIC]} on the tuning seeds, from scratch): {tuning}.", "",
                   "| init | method | " + " | ".join(LABELS[m] for m in METRICS) + " |",
                   "|---|---|" + "---:|" * len(METRICS)]
         for init, methods in seq["cells"].items():
             for method, cell in methods.items():
-                lines.append(f"| {init} | {method} | " + " | ".join(_fmt(cell[m]) for m in METRICS) + " |")
+                lines.append(f"| {init} | {method} | " + " | ".join(_fmt(cell[m], seeds=n_seeds) for m in METRICS)
+                             + " |")
         for other, methods in seq["maml_minus"].items():
             lines += ["", f"MAML minus {other} initialisation, paired by seed:", "",
                       "| method | " + " | ".join(LABELS[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
             for method, cells in methods.items():
                 lines.append(f"| {method} | " + " | ".join(
-                    _fmt(cells[m]) + (" *" if _excludes_zero(cells[m]) else "") for m in METRICS) + " |")
+                    _fmt(cells[m], seeds=n_seeds) + (" *" if _excludes_zero(cells[m]) else "") for m in METRICS)
+                    + " |")
         lines += ["", "(* the interval excludes zero; otherwise the difference is indistinguishable from zero.)", ""]
         for method, check in seq["target"].items():
             ft = check["forward_transfer_minus_finetune"]
-            lines.append(f"- Target, MAML init, {method}: forgetting {check['forgetting']:+.3f} vs fine-tuning's "
-                         f"{check['finetune_forgetting']:+.3f} (ratio {check['forgetting_ratio']:.2f}, "
-                         "target <= 0.10); "
-                         f"forward transfer minus fine-tuning's {_fmt(ft, 3)} (target >= 0): "
-                         f"{'met' if check['met'] else 'not met'}.")
+            verdict = ("undefined: fine-tuning does not forget here" if check["met"] is None
+                       else "met" if check["met"] else "not met")
+            lines.append(f"- Target, MAML init, {method} (seeds {', '.join(map(str, check['seeds']))}): forgetting "
+                         f"{check['forgetting']:+.3f} vs fine-tuning's {check['finetune_forgetting']:+.3f} (ratio "
+                         f"{check['forgetting_ratio']:.2f}, target <= 0.10); forward transfer minus fine-tuning's "
+                         f"{_fmt(ft, 3)} (target >= 0): {verdict}.")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

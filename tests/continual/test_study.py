@@ -115,12 +115,14 @@ def test_target_check_needs_both_little_forgetting_and_transfer():
 
 
 def test_store_rejects_a_record_of_another_setting(tmp_path):
-    key = RunKey("terrain", "final", "maml/ewc", 0)
-    StudyStore(tmp_path, StudySetting(steps_per_stage=10)).save(
-        key, {"setting": StudySetting(10).to_dict(), "config": {"init": "scratch"}, "x": 1})
-    assert StudyStore(tmp_path, StudySetting(steps_per_stage=10)).load(key)["x"] == 1
+    key = RunKey("terrain", "final", "scratch/ewc_100", 0)
+    StudyStore(tmp_path, StudySetting(steps_per_stage=10), ROOT).save(
+        key, {"setting": StudySetting(10).to_dict(), "config": {"init": "scratch", "seed": 0}, "x": 1})
+    assert StudyStore(tmp_path, StudySetting(steps_per_stage=10), ROOT).load(key)["x"] == 1
     with pytest.raises(ValueError, match="seed0.json: a run of another study setting"):
-        StudyStore(tmp_path, StudySetting(steps_per_stage=20)).load(key)
+        StudyStore(tmp_path, StudySetting(steps_per_stage=20), ROOT).load(key)
+    with pytest.raises(ValueError, match="seed0.json: made with another curriculum config"):
+        StudyStore(tmp_path, StudySetting(steps_per_stage=10), ROOT).load(key, planned={"init": "scratch", "seed": 1})
 
 
 # --- the runner, with a stand-in for the curriculum --------------------------------------------------
@@ -137,7 +139,7 @@ def fake_state(config: dict) -> dict:
     keep = 0.9 if label in GOOD else 0.5
     start = 30.0 if "maml" in config["init"] else 0.0
     matrix = [[100.0 * keep ** (i - j) if j <= i else math.nan for j in range(n)] for i in range(n)]
-    curve = [[0, start], [config["steps_per_stage"], 100.0 + seed]]
+    curve = [[0, start], [config["steps_per_stage"], 100.0]]  # ends at the diagonal entry, as a real run does
     history = [{"return_before_adapt": start - 5.0, "return_after_adapt": start} for _ in range(n)]
     return {"matrix": matrix, "eval_curves": [curve] * n, "random_returns": [0.0] * n, "held_out": [[10.0 + seed]],
             "random_held_out": [1.0], "history": history, "seconds": 60.0}
@@ -152,7 +154,7 @@ def test_runner_saves_as_it_goes_respects_its_budget_and_resumes(tmp_path, monke
 
     monkeypatch.setattr(study_run, "run_curriculum_job", fake_job)
     setting = StudySetting(steps_per_stage=100)
-    store = StudyStore(tmp_path / "results", setting)
+    store = StudyStore(tmp_path / "results", setting, ROOT)
     root = ROOT
 
     first = run_study(Runner(store, tmp_path / "runs", budget=7), ["terrain"], [0, 1], [100, 101], root)
@@ -166,6 +168,8 @@ def test_runner_saves_as_it_goes_respects_its_budget_and_resumes(tmp_path, monke
     seq = done["sequences"]["terrain"]
     assert {m: c["label"] for m, c in seq["chosen"].items()} == \
         {"finetune": "finetune", "ewc": "ewc_1000", "replay": "replay_10_m4096", "packnet": "packnet_0.75"}
+    assert sorted(p.parent.name for p in (tmp_path / "results" / "terrain" / "final" / "maml").rglob("seed0.json")) \
+        == ["ewc_1000", "finetune", "packnet_0.75", "replay_10_m4096"]  # the grid's keys name the chosen settings
     cell = seq["cells"]["maml"]["ewc"]
     assert cell["forgetting"]["n"] == 2
     # chosen setting keeps 0.9 per stage: forgetting of task j is 1 - 0.9^(3 - j), averaged over j < 3
@@ -173,13 +177,15 @@ def test_runner_saves_as_it_goes_respects_its_budget_and_resumes(tmp_path, monke
     assert seq["cells"]["maml"]["finetune"]["forgetting"]["mean"] == pytest.approx(
         np.mean([1 - 0.5 ** (3 - j) for j in range(3)]))
     assert seq["maml_minus"]["scratch"]["ewc"]["jump_start"]["mean"] == pytest.approx(0.3)
-    assert seq["budget"]["runs"] == 2 * len(INITS) * len(METHODS)
+    assert seq["budget"]["final"]["runs"] == 2 * len(INITS) * len(METHODS)
+    assert seq["budget"]["total"]["runs"] == expected and seq["budget"]["total"]["wall_time_s"] == 60.0 * expected
 
     again = run_study(Runner(store, tmp_path / "runs"), ["terrain"], [0, 1], [100, 101], root)
     assert len(calls) == expected  # nothing re-run
     assert json.dumps(again, sort_keys=True) == json.dumps(done, sort_keys=True)
     markdown = study_markdown(done)
     assert "ewc_1000" in markdown and "not met" in markdown  # forgetting 0.19 of fine-tuning's 0.58: ratio 0.33
+    assert seq["cells"]["maml"]["ewc"]["first_jump_start"]["mean"] == pytest.approx(0.3)
 
 
 def test_a_real_run_gives_a_record_the_scores_read(tmp_path):
@@ -191,7 +197,7 @@ def test_a_real_run_gives_a_record_the_scores_read(tmp_path):
     config["horizon"] = 50
     key = RunKey("terrain", "final", "scratch/ewc", 0)
     state = run_curriculum_job(CurriculumJob(key.path, config, str(tmp_path), "sweep"))
-    record = run_record(key, config, state, setting)
+    record = run_record(key, config, state, setting, ROOT, None)
     assert np.asarray(record["matrix"]).shape == (2, 2) and len(record["return_after_adapt"]) == 2
     assert len(record["held_out"]) == 1 and record["env_steps"] == 128
     references = References(low=np.array(record["random_returns"]) - 1.0,
@@ -203,7 +209,7 @@ def test_a_real_run_gives_a_record_the_scores_read(tmp_path):
 def test_the_grid_waits_for_missing_initialisations_but_tuning_goes_ahead(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(study_run, "run_curriculum_job", lambda job: calls.append(job.name) or fake_state(job.config))
-    store = StudyStore(tmp_path / "results", StudySetting(steps_per_stage=100))
+    store = StudyStore(tmp_path / "results", StudySetting(steps_per_stage=100), tmp_path)
     summary = run_study(Runner(store, tmp_path / "runs"), ["direction"], [0], [100], tmp_path)  # no init files
     n_stages = len(SEQUENCES["direction"].stages)
     assert len(calls) == n_stages + sum(map(len, TUNING_GRID.values()))
@@ -214,16 +220,23 @@ def test_the_grid_waits_for_missing_initialisations_but_tuning_goes_ahead(tmp_pa
     assert "–" in study_markdown(summary)
 
 
-def test_results_of_a_replaced_initialisation_are_refused(tmp_path):
-    init = tmp_path / "maml.pt"
+def test_results_of_a_replaced_or_missing_initialisation_are_refused(tmp_path, monkeypatch):
+    init = tmp_path / "assets" / "maml.pt"
+    init.parent.mkdir()
     init.write_bytes(b"version 1")
+    monkeypatch.setattr(study_run, "run_curriculum_job", lambda job: fake_state(job.config))
     setting = StudySetting(steps_per_stage=10)
-    config = {"init": str(init)}
-    key = RunKey("terrain", "final", "maml/ewc", 0)
-    store = StudyStore(tmp_path / "results", setting)
-    store.save(key, run_record(key, config, fake_state({**curriculum_config("terrain", "scratch", {"kind": "none"},
-                                                                            0, setting, ROOT)}), setting))
-    assert store.load(key)["init_sha256"] is not None
+    store = StudyStore(tmp_path / "results", setting, tmp_path)
+    config = curriculum_config("terrain", "scratch", {"kind": "none"}, 0, setting, tmp_path) | {"init": str(init)}
+    key = RunKey("terrain", "final", "maml/finetune", 0)
+    runner = Runner(store, tmp_path / "runs")
+    assert runner.run([(key, config)])
+    record = store.load(key, planned=config)
+    assert record["config"]["init"] == "assets/maml.pt"  # portable: relative to the project root
+    assert record["init_sha256"] is not None
     init.write_bytes(b"version 2")
-    with pytest.raises(ValueError, match="made from another version of"):
+    with pytest.raises(ValueError, match="made from another version of assets/maml.pt"):
+        store.load(key)
+    init.unlink()
+    with pytest.raises(ValueError, match="the initialisation file assets/maml.pt is missing"):
         store.load(key)
