@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-if TYPE_CHECKING:
-    from agents.continual.loop import Curriculum
+from agents.continual.curriculum import CurriculumConfig
 
 
 @dataclass
@@ -62,12 +61,24 @@ class StageProgress:
         return state
 
 
+class StageOwner(Protocol):
+    """What the callback needs of the curriculum running the stage (`agents.continual.loop.Curriculum`)."""
+
+    config: CurriculumConfig
+
+    def evaluate_training_policy(self, progress: StageProgress) -> float:
+        """Deterministic return of the policy being trained on the stage's task."""
+
+    def save_paused(self, progress: StageProgress, call_end: int) -> None:
+        """Checkpoint the stage between two PPO rollouts."""
+
+
 class StageCallback(BaseCallback):
     """Records (timesteps, mean training-episode return) after each PPO rollout, and checkpoints
     before a rollout that would take the stage more than `every` env steps past its newest
     checkpoint (so a kill loses at most `every` steps, or one rollout if that is longer)."""
 
-    def __init__(self, curriculum: Curriculum, progress: StageProgress, every: int, bar: tqdm | None) -> None:
+    def __init__(self, curriculum: StageOwner, progress: StageProgress, every: int, bar: tqdm | None) -> None:
         super().__init__()
         self.curriculum, self.progress, self.every, self.bar = curriculum, progress, every, bar
         self._shown = 0 if bar is None else bar.n
