@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,6 +30,24 @@ from envs.batched import BatchedEnv
 from envs.tasks import Task
 
 ParamsArg = Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None
+
+#: One step of an actor: (this step's observations [B, obs_dim], the actions taken at the step
+#: before [B, act_dim], zeros at the first) -> action means [B, act_dim].
+StepMean = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class MemoryActor(Protocol):
+    """A policy whose action depends on the episode so far (e.g. `agents.meta.context.ContextPolicy`):
+    the sampler starts a fresh memory for each shard's envs and calls it once per step."""
+
+    def start(self, n_envs: int) -> StepMean:
+        """A step function with an empty memory for `n_envs` envs."""
+
+    def action_std(self) -> np.ndarray:
+        """The standard deviation [act_dim] of the action noise (state-independent)."""
+
+
+Actor = GaussianMLPPolicy | MemoryActor
 
 
 @dataclass(frozen=True)
@@ -99,7 +118,7 @@ class ShardJob:
     """One shard's share of a call: everything a worker needs to collect it (`collect_shard`)."""
 
     tasks: list[Task]  # one per env, task-major
-    policy: GaussianMLPPolicy
+    policy: Actor
     params: ParamsArg  # None, one dict, or one dict per task of the shard (detached)
     n_tasks: int
     per_task: int
@@ -125,6 +144,7 @@ class Sampler:
         horizon: maximum steps per episode (episodes end earlier when the env ends them).
         height_scan: as `LocomotionEnv`.
         goal_in_obs: as `LocomotionEnv`.
+        privileged_in_obs: as `LocomotionEnv` (teacher policies only).
         num_threads: threads for a call (default: all cores). With one, the shards run in turn
             on the calling thread; with more, each shard runs on its own thread and steps its
             physics with `num_threads // 2` of MuJoCo's rollout threads (on the shard's own
@@ -132,7 +152,7 @@ class Sampler:
     """
 
     def __init__(self, robot: str, horizon: int, height_scan: bool = False, goal_in_obs: bool = False,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, privileged_in_obs: bool = False) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         if num_threads is not None and num_threads < 1:
@@ -141,6 +161,7 @@ class Sampler:
         self.horizon = int(horizon)
         self.height_scan = height_scan
         self.goal_in_obs = goal_in_obs
+        self.privileged_in_obs = privileged_in_obs
         self.num_threads = num_threads or os.cpu_count() or 1
         self._physics_threads = max(1, self.num_threads // SHARDS)
         self.shards = SHARDS  # shards per call (`plan_shards`); fixed, so episodes never depend on the machine
@@ -161,12 +182,13 @@ class Sampler:
             for env in self._shard_envs:
                 env.close()
             self._shard_envs = [BatchedEnv(self.robot, size, self.height_scan, self.goal_in_obs,
-                                           num_threads=self._physics_threads) for size in sizes]
+                                           num_threads=self._physics_threads,
+                                           privileged_in_obs=self.privileged_in_obs) for size in sizes]
         return self._shard_envs
 
     def sample(
         self,
-        policy: GaussianMLPPolicy,
+        policy: Actor,
         tasks: Sequence[Task],
         episodes_per_task: int,
         params: ParamsArg = None,
@@ -176,11 +198,11 @@ class Sampler:
         """Episodes of every task, one `Episodes` per task (batch = episodes_per_task).
 
         Args:
-            policy: the policy to act with.
+            policy: the policy to act with, or a `MemoryActor` (acting on the episode so far).
             tasks: the tasks; env `t * episodes_per_task + e` runs episode e of task t.
             episodes_per_task: episodes per task.
             params: None (the policy's own parameters), one dict for every task, or one dict
-                per task (e.g. each task's adapted parameters).
+                per task (e.g. each task's adapted parameters); None for a `MemoryActor`.
             seed: seeds the envs' resets and the action noise.
             deterministic: act with the mean action instead of sampling.
         """
@@ -189,6 +211,8 @@ class Sampler:
         if not tasks:
             raise ValueError("tasks must not be empty")
         n_tasks, per_task = len(tasks), int(episodes_per_task)
+        if params is not None and not isinstance(policy, GaussianMLPPolicy):
+            raise ValueError("params: a memory actor acts with its own parameters; pass params=None")
         if isinstance(params, Sequence) and len(params) != n_tasks:
             raise ValueError(f"params must hold one dict per task ({n_tasks}), got {len(params)}")
         batch_size = n_tasks * per_task
@@ -261,15 +285,16 @@ def collect_shard(env: BatchedEnv, job: ShardJob, horizon: int) -> ShardResult:
     done = np.zeros(env.num_envs, dtype=bool)
     seconds_policy, seconds_simulate = 0.0, 0.0
 
-    mean_of, std = _batched_actor(job.policy, job.params, job.n_tasks, job.per_task)
+    step_mean, std = _step_actor(job, env.num_envs)
     scaled_noise = None if job.noise is None else job.noise * std
     obs = env.reset(job.env_seeds)
     root = env.readout.root
     xy_start = env.qpos[:, :root].copy()
+    no_action = np.zeros_like(out.actions[0])
     for t in range(horizon):
         out.observations[t] = obs
         started = time.perf_counter()
-        mean = mean_of(out.observations[t])
+        mean = step_mean(out.observations[t], out.actions[t - 1] if t else no_action)
         if scaled_noise is None:
             out.actions[t] = mean
         else:
@@ -296,6 +321,15 @@ def collect_shard(env: BatchedEnv, job: ShardJob, horizon: int) -> ShardResult:
 def _detached(params: Mapping[str, torch.Tensor]) -> Params:
     """Parameters as plain tensors (an adapted set carries its graph; a shard needs only the values)."""
     return {name: value.detach() for name, value in params.items()}
+
+
+def _step_actor(job: ShardJob, n_envs: int) -> tuple[StepMean, np.ndarray]:
+    """(step function, std [B or 1, act_dim]) of a shard's actor: a memory actor's fresh memory,
+    or a stateless policy's batched forward (which ignores the previous actions)."""
+    if not isinstance(job.policy, GaussianMLPPolicy):
+        return job.policy.start(n_envs), np.asarray(job.policy.action_std(), dtype=np.float32)[None]
+    mean_of, std = _batched_actor(job.policy, job.params, job.n_tasks, job.per_task)
+    return (lambda obs, previous_actions: mean_of(obs)), std
 
 
 def _batched_actor(policy: GaussianMLPPolicy, params: ParamsArg, n_tasks: int, per_task: int

@@ -22,7 +22,7 @@ from mujoco import rollout
 
 from envs.locomotion import LocomotionEnv, clip_action, simulate
 from envs.readout import goal_arrays
-from envs.tasks import Task
+from envs.tasks import Task, privileged_factors
 
 _STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS  # [time, qpos, qvel, act, ...]: what rollout carries
 
@@ -36,15 +36,18 @@ class BatchedEnv:
         height_scan: as `LocomotionEnv`.
         goal_in_obs: as `LocomotionEnv`.
         terminate_when_unhealthy: as `LocomotionEnv`.
+        privileged_in_obs: as `LocomotionEnv`.
         num_threads: threads of MuJoCo's rollout (default: the machine's cores); with one, the
             physics runs on the thread that calls `step`.
     """
 
     def __init__(self, robot: str, num_envs: int, height_scan: bool = False, goal_in_obs: bool = False,
-                 terminate_when_unhealthy: bool = True, num_threads: int | None = None) -> None:
+                 terminate_when_unhealthy: bool = True, num_threads: int | None = None,
+                 privileged_in_obs: bool = False) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.envs = [LocomotionEnv(robot, height_scan=height_scan, goal_in_obs=goal_in_obs,
+                                   privileged_in_obs=privileged_in_obs,
                                    terminate_when_unhealthy=terminate_when_unhealthy) for _ in range(num_envs)]
         first = self.envs[0]
         self.num_envs = num_envs
@@ -91,7 +94,8 @@ class BatchedEnv:
         self.heading = np.stack([g[0] for g in goals])
         targets = np.array([g[1] for g in goals])
         self._target = None if np.isnan(targets).all() else targets  # None: every member rewards progress
-        self._goal_obs = np.stack([g[2] for g in goals])
+        self._extras = self.readout.extras(np.stack([g[2] for g in goals]),  # what each observation appends
+                                           np.stack([privileged_factors(t) for t in tasks]))
         flat = all(not env.heights.any() for env in self.envs)
         self._heights = None if flat else np.stack([env.heights for env in self.envs])
 
@@ -103,7 +107,7 @@ class BatchedEnv:
             env.reset(seed=None if seed is None else int(seed))
             mujoco.mj_getState(env.model, env.data, self._states[i], _STATE)
         self._active[:] = True
-        return self.readout.observe(self.qpos, self.qvel, self._heights, self._goal_obs)
+        return self.readout.observe(self.qpos, self.qvel, self._heights, self._extras)
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Step every active member once.
@@ -123,7 +127,7 @@ class BatchedEnv:
         xy_before = self.qpos[:, : self.readout.root].copy()
         self._simulate()
         out = self.readout.step(xy_before, self.qpos, self.qvel, self._actions, self._heights, self.heading,
-                                self._target, self._goal_obs)
+                                self._target, self._extras)
         unstable = ~self._stable
         if unstable.any():
             out.observation[unstable] = np.nan_to_num(out.observation[unstable], nan=0.0, posinf=0.0, neginf=0.0)

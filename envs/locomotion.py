@@ -101,6 +101,8 @@ class LocomotionEnv(gym.Env):
         task_seed: seed of the family's task generator.
         height_scan: append terrain heights around the robot (relative to the torso) to the obs.
         goal_in_obs: append the goal (target velocity, tracking flag, heading as four half-axes).
+        privileged_in_obs: append the task's hidden factors (`envs.tasks.privileged_names`), for
+            teacher policies trained with them (RMA's phase 1); off, they are only in `info`.
         terminate_when_unhealthy: end the episode when a robot that can fall has fallen.
         render_mode: None or "rgb_array".
         width: rendered frame width in pixels.
@@ -118,6 +120,7 @@ class LocomotionEnv(gym.Env):
         task_seed: int | None = 0,
         height_scan: bool = False,
         goal_in_obs: bool = False,
+        privileged_in_obs: bool = False,
         terminate_when_unhealthy: bool = True,
         render_mode: str | None = None,
         width: int = 480,
@@ -135,6 +138,7 @@ class LocomotionEnv(gym.Env):
             self.task_distribution = TaskDistribution(task_family, task_seed)
         self.height_scan = bool(height_scan)
         self.goal_in_obs = bool(goal_in_obs)
+        self.privileged_in_obs = bool(privileged_in_obs)
         self.terminate_when_unhealthy = bool(terminate_when_unhealthy)
         self.render_mode = render_mode
         self.camera = camera
@@ -158,7 +162,7 @@ class LocomotionEnv(gym.Env):
             raise ValueError(f"camera {camera!r} is not a camera of the {robot}")
         self._qpos0 = self.model.qpos0.copy()
         self.readout = Readout(self.spec_robot, self.model.nq, self.model.nv, self.dt, bool(height_scan),
-                               bool(goal_in_obs), bool(terminate_when_unhealthy))
+                               bool(goal_in_obs), bool(terminate_when_unhealthy), bool(privileged_in_obs))
         self._root_xy = self.readout.root
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.readout.obs_dim,), np.float64)
         low, high = self.model.actuator_ctrlrange.T.copy()
@@ -205,7 +209,7 @@ class LocomotionEnv(gym.Env):
         self._privileged = privileged_factors(task)
         self._privileged.setflags(write=False)  # each info gets its own copy (gymnasium asks for new info data)
         heading, target, goal_obs = goal_arrays(task.goal.target_velocity, task.goal.direction)
-        self._heading, self._goal_obs = heading, goal_obs
+        self._heading, self._extras = heading, self.readout.extras(goal_obs, self._privileged)
         self._target = None if math.isnan(target) else np.float64(target)
         self._step_heights = None if flat else heights
         if self._renderer is not None:
@@ -250,7 +254,7 @@ class LocomotionEnv(gym.Env):
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task,
                                            "privileged": self._privileged.copy()}
         out = self.readout.step(xy_before, qpos, qvel, action, self._step_heights, self._heading,
-                                self._target, self._goal_obs)
+                                self._target, self._extras)
         truncated = bool(out.truncated)
         info = {
             "x_position": float(qpos[0]),
@@ -315,7 +319,7 @@ class LocomotionEnv(gym.Env):
             mujoco.mj_forward(self.model, self.data)
 
     def _observation(self) -> np.ndarray:
-        return self.readout.observe(self._qpos, self._qvel, self._step_heights, self._goal_obs)
+        return self.readout.observe(self._qpos, self._qvel, self._step_heights, self._extras)
 
 
 def clip_action(action: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

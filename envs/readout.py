@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.robots import RobotSpec
+from envs.tasks import privileged_names
 from envs.terrain import heights_at
 
 #: Target velocity, tracking flag, then the heading split into its four half-axes
@@ -74,14 +75,17 @@ class Readout:
         height_scan: append terrain heights around the robot to the observation.
         goal_in_obs: append the goal to the observation.
         terminate_when_unhealthy: unhealthy robots end their episode.
+        privileged_in_obs: append the task's hidden factors (`envs.tasks.privileged_factors`): for
+            teacher policies that are trained with them (RMA's phase 1), never for a deployed one.
     """
 
     def __init__(self, robot: RobotSpec, nq: int, nv: int, dt: float, height_scan: bool, goal_in_obs: bool,
-                 terminate_when_unhealthy: bool) -> None:
+                 terminate_when_unhealthy: bool, privileged_in_obs: bool = False) -> None:
         self.robot = robot
         self.dt = dt
         self.height_scan = height_scan
         self.goal_in_obs = goal_in_obs
+        self.privileged_in_obs = privileged_in_obs
         self.terminate_when_unhealthy = terminate_when_unhealthy
         # Planar robots: qpos = [x, z, pitch, joints...]; free robots: [x, y, z, quat, joints...].
         self.root = 1 if robot.planar else 2
@@ -100,7 +104,7 @@ class Readout:
         self._ctrl_factor = -float(robot.ctrl_cost_weight)
         self.robot_nq_rest, self.robot_nv = nq - self.root - 1, nv
         self.obs_dim = (nq - self.root + nv + (robot.n_scan if height_scan else 0)
-                        + (GOAL_DIM if goal_in_obs else 0))
+                        + (GOAL_DIM if goal_in_obs else 0) + (len(privileged_names()) if privileged_in_obs else 0))
 
     def layout(self) -> list[tuple[str, int]]:
         """The observation's components in order, as (name, size); their sizes sum to `obs_dim`."""
@@ -109,7 +113,17 @@ class Readout:
             parts.append(("height_scan", self.robot.n_scan))
         if self.goal_in_obs:
             parts.append(("goal", GOAL_DIM))
+        if self.privileged_in_obs:
+            parts.append(("privileged", len(privileged_names())))
         return parts
+
+    def extras(self, goal_obs: np.ndarray, privileged: np.ndarray) -> np.ndarray:
+        """What the observation appends after the robot's state and scan, per robot ([B, k] or [k]):
+        the goal and the privileged factors, where the flags ask for them (k may be 0)."""
+        parts = ([goal_obs] if self.goal_in_obs else []) + ([privileged] if self.privileged_in_obs else [])
+        if not parts:
+            return np.zeros((*goal_obs.shape[:-1], 0))
+        return np.concatenate(parts, axis=-1)
 
     # --- terrain ----------------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ class Readout:
 
     # --- observation, reward, health ----------------------------------------------------------
 
-    def observe(self, qpos: np.ndarray, qvel: np.ndarray, heights: np.ndarray | None, goal_obs: np.ndarray,
+    def observe(self, qpos: np.ndarray, qvel: np.ndarray, heights: np.ndarray | None, extras: np.ndarray,
                 ground: np.ndarray | None = None) -> np.ndarray:
         """Observations [B, obs_dim] ([obs_dim] for one robot): height above ground, the rest of
         qpos, clipped qvel, extras."""
@@ -157,8 +171,8 @@ class Readout:
         parts.append(np.minimum(np.maximum(qvel, low), high))
         if self.height_scan:
             parts.append(self._scan(heights, qpos))
-        if self.goal_in_obs:
-            parts.append(goal_obs)
+        if extras.shape[-1]:
+            parts.append(extras)
         return np.concatenate(parts, axis=-1)
 
     def tilt(self, qpos: np.ndarray) -> np.ndarray:
@@ -189,7 +203,7 @@ class Readout:
 
     def step(self, xy_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
              heights: np.ndarray | None, heading: np.ndarray, target: np.ndarray | None,
-             goal_obs: np.ndarray) -> StepReadout:
+             extras: np.ndarray) -> StepReadout:
         """Everything one env step reports, for a batch (or, without the batch axis, one robot).
 
         Only the work the case needs is done: every numpy call costs about a microsecond
@@ -203,7 +217,7 @@ class Readout:
             heights: each robot's terrain [B, nrow, ncol], or None for flat ground.
             heading: unit "forward" direction of each goal, [B, 2].
             target: target velocity of each goal, NaN to reward progress, [B]; None: all progress.
-            goal_obs: goal observations, [B, GOAL_DIM].
+            extras: what the observation appends (`extras`), [B, k].
         """
         robot = self.robot
         if self.root == 1:
@@ -225,7 +239,7 @@ class Readout:
             reward_healthy = np.where(healthy, robot.healthy_reward, 0.0)
             terminated = ~healthy if self.terminate_when_unhealthy else constant(batch_shape, False)
         return StepReadout(
-            observation=self.observe(qpos, qvel, heights, goal_obs, ground),
+            observation=self.observe(qpos, qvel, heights, extras, ground),
             reward=reward_forward + reward_ctrl + reward_healthy,
             reward_forward=reward_forward,
             reward_ctrl=reward_ctrl,

@@ -35,7 +35,7 @@ from agents.runs.layout import observation_layout
 from agents.runs.provenance import provenance, spent_budget, training_metadata
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
-from envs.tasks import TaskDistribution, get_family
+from envs.tasks import TaskDistribution, get_family, privileged_names
 
 CHECKPOINT_KIND = "pretrained"
 
@@ -51,6 +51,9 @@ class PretrainConfig:
     horizon: int = 200  # steps per episode
     hidden_sizes: tuple[int, ...] = (64, 64)  # policy MLP widths
     height_scan: bool = False  # give the policy the terrain heights ahead
+    # Give the policy the task's hidden factors (envs.tasks.privileged_names): a teacher for the
+    # context adapter (agents.meta.context, RMA's phase 1), not a policy that can be deployed alone.
+    privileged_in_obs: bool = False
     max_kl: float = 0.01  # TRPO trust region on the mean KL(old || new)
     cg_iters: int = 10  # conjugate-gradient iterations
     cg_damping: float = 1e-5  # damping added to the Fisher-vector product
@@ -180,9 +183,13 @@ def checkpoint_metadata(config: PretrainConfig, wall_time_s: float = 0.0, env_st
     """The metadata saved with a pretrained checkpoint: kind "pretrained", family, config, code
     (`provenance()` at the run's start; now if None), observation layout and the budget spent
     (`agents.runs.provenance.training_metadata`)."""
-    observation = observation_layout(get_family(config.family).robot, config.height_scan)
-    return training_metadata(CHECKPOINT_KIND, config.family, config_to_dict(config),
-                             provenance() if code is None else code, observation, wall_time_s, env_steps)
+    observation = observation_layout(get_family(config.family).robot, config.height_scan,
+                                     privileged_in_obs=config.privileged_in_obs)
+    metadata = training_metadata(CHECKPOINT_KIND, config.family, config_to_dict(config),
+                                 provenance() if code is None else code, observation, wall_time_s, env_steps)
+    if config.privileged_in_obs:  # what the teacher's extra inputs mean, checked by the context adapter
+        metadata["privileged_names"] = list(privileged_names())
+    return metadata
 
 
 def save_pretrained(path: PathLike, policy: GaussianMLPPolicy, config: PretrainConfig, iteration: int,
@@ -205,7 +212,8 @@ def pretrain(config: PretrainConfig, run: RunDir | None = None, progress: bool =
     initialisation meta-training starts from for that seed.
     """
     family = get_family(config.family)
-    sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads)
+    sampler = Sampler(family.robot, config.horizon, height_scan=config.height_scan, num_threads=config.num_threads,
+                      privileged_in_obs=config.privileged_in_obs)
     policy = random_init(sampler.obs_dim, sampler.act_dim, config.hidden_sizes, config.seed)
     start, wall_time_s, code = 0, 0.0, provenance()
     resume_from = latest_checkpoint(run) if run is not None and run.resumed else None

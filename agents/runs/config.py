@@ -88,6 +88,18 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of dataclass `cls` that has one, as `config_to_dict` writes it
+    (built without `cls`'s checks, which a required field's empty default may fail)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in out.items()}
+
+
 def resolve_config_paths(data: dict[str, Any], config_file: str | Path, fields: tuple[str, ...]) -> dict[str, Any]:
     """`data` with each of `fields` that holds a relative path made absolute: against the config
     file's folder first, then the project's `assets/`, whichever exists (so a shipped config runs

@@ -15,12 +15,15 @@ from agents.runs.checkpoint import Checkpoint
 from envs.locomotion import LocomotionEnv
 
 
-def observation_layout(robot: str, height_scan: bool = False, goal_in_obs: bool = False) -> dict[str, Any]:
+def observation_layout(robot: str, height_scan: bool = False, goal_in_obs: bool = False,
+                       privileged_in_obs: bool = False) -> dict[str, Any]:
     """What a checkpoint records about its observation: robot, flags, obs_dim and [name, size] layout."""
-    env = LocomotionEnv(robot=robot, height_scan=height_scan, goal_in_obs=goal_in_obs)
+    env = LocomotionEnv(robot=robot, height_scan=height_scan, goal_in_obs=goal_in_obs,
+                        privileged_in_obs=privileged_in_obs)
     try:
         layout = [[name, int(size)] for name, size in env.readout.layout()]
         return {"robot": robot, "height_scan": bool(height_scan), "goal_in_obs": bool(goal_in_obs),
+                "privileged_in_obs": bool(privileged_in_obs),
                 "obs_dim": int(env.observation_space.shape[0]), "layout": layout}
     finally:
         env.close()
@@ -40,7 +43,8 @@ def check_layout(checkpoint: Checkpoint, field: str = "checkpoint") -> bool:
                 return height_scan
         raise ValueError(f"{field}: obs_dim {checkpoint.obs_dim} matches no {checkpoint.robot!r} observation today "
                          f"(with or without the height scan)")
-    today = observation_layout(recorded["robot"], recorded["height_scan"], recorded.get("goal_in_obs", False))
+    today = observation_layout(recorded["robot"], recorded["height_scan"], recorded.get("goal_in_obs", False),
+                               recorded.get("privileged_in_obs", False))
     if recorded["robot"] != checkpoint.robot or today["layout"] != recorded["layout"]:
         raise ValueError(f"{field}: trained on the {recorded['robot']} observation {_describe(recorded['layout'])}, "
                          f"but today's is {_describe(today['layout'])} (retrain, or check out the commit "

@@ -22,9 +22,11 @@ from envs.batched import BatchedEnv
 class ShardWorker:
     """One shard's envs on a Ray actor (made remote by `RaySampler`)."""
 
-    def __init__(self, robot: str, horizon: int, height_scan: bool, goal_in_obs: bool, physics_threads: int) -> None:
+    def __init__(self, robot: str, horizon: int, height_scan: bool, goal_in_obs: bool, physics_threads: int,
+                 privileged_in_obs: bool = False) -> None:
         self.robot, self.horizon = robot, horizon
         self.height_scan, self.goal_in_obs, self.physics_threads = height_scan, goal_in_obs, physics_threads
+        self.privileged_in_obs = privileged_in_obs
         self.env: BatchedEnv | None = None
 
     def collect(self, job: ShardJob) -> ShardResult:
@@ -36,7 +38,7 @@ class ShardWorker:
             if self.env is not None:
                 self.env.close()
             self.env = BatchedEnv(self.robot, len(job.tasks), self.height_scan, self.goal_in_obs,
-                                  num_threads=self.physics_threads)
+                                  num_threads=self.physics_threads, privileged_in_obs=self.privileged_in_obs)
         return collect_shard(self.env, job, self.horizon)
 
     def ping(self) -> float:
@@ -48,7 +50,7 @@ class RaySampler(Sampler):
     """`Sampler` whose shards run on Ray actors (one CPU each by default).
 
     Args:
-        robot, horizon, height_scan, goal_in_obs: as `Sampler`.
+        robot, horizon, height_scan, goal_in_obs, privileged_in_obs: as `Sampler`.
         address: None for an embedded local Ray, else the cluster to join (`connect`).
         num_actors: shards per call, one actor each (the default, 2, gives the local sampler's
             episodes bit for bit).
@@ -56,16 +58,18 @@ class RaySampler(Sampler):
     """
 
     def __init__(self, robot: str, horizon: int, height_scan: bool = False, goal_in_obs: bool = False,
-                 address: str | None = None, num_actors: int = SHARDS, cpus_per_actor: int = 1) -> None:
+                 address: str | None = None, num_actors: int = SHARDS, cpus_per_actor: int = 1,
+                 privileged_in_obs: bool = False) -> None:
         ray = require_ray()
         if num_actors < 1 or cpus_per_actor < 1:
             raise ValueError(f"num_actors and cpus_per_actor must be >= 1, got {num_actors}, {cpus_per_actor}")
-        super().__init__(robot, horizon, height_scan=height_scan, goal_in_obs=goal_in_obs, num_threads=1)
+        super().__init__(robot, horizon, height_scan=height_scan, goal_in_obs=goal_in_obs, num_threads=1,
+                         privileged_in_obs=privileged_in_obs)
         connect(address)
         actor = ray.remote(num_cpus=cpus_per_actor)(ShardWorker)
         self._ray = ray
         self.shards = num_actors
-        self.actors = [actor.remote(robot, self.horizon, height_scan, goal_in_obs, cpus_per_actor)
+        self.actors = [actor.remote(robot, self.horizon, height_scan, goal_in_obs, cpus_per_actor, privileged_in_obs)
                        for _ in range(num_actors)]
 
     def _collect(self, jobs: list[ShardJob]) -> tuple[list[ShardResult], int]:

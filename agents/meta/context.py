@@ -1,0 +1,178 @@
+"""A context-based meta-learner in the manner of RMA (Kumar et al., 2021): adapt from experience.
+
+Phase 1 trains a teacher with TRPO over a task family while it observes the task's hidden factors
+(`envs.tasks.privileged_factors`; `PretrainConfig(privileged_in_obs=True)`). Its first layer
+computes `W_s s + W_e e + b`: `W_e e` is the *extrinsics embedding*, everything the teacher uses of
+the factors e. Phase 2 (`agents.meta.context_train`) fits an adapter that regresses that
+embedding from the last `history` transitions (s, a, s') of the episode, on episodes the student
+itself acts in. The student is the teacher with `W_e e` replaced by the adapter's estimate: no
+gradient step at test time; the estimate follows the episode, step by step.
+
+Why this and not PEARL or RL^2: the factors that make our tasks differ (terrain kind and
+difficulty, friction, mass, damping, motor strength, payload) are known to the simulator, so the
+adapter can be fitted by regression, which is stable and cheap on two CPU cores, where PEARL's
+off-policy soft actor-critic and RL^2's recurrent policy-gradient training take far more samples.
+The teacher is trained by the same TRPO code as the multi-task baseline, so the two differ only
+in what the policy may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.policy import GaussianMLPPolicy
+from agents.sampler import StepMean
+
+
+def transition_size(obs_dim: int, act_dim: int) -> int:
+    """Features of one transition in a history window: s, a, s' and a 1 that marks a real one."""
+    return 2 * obs_dim + act_dim + 1
+
+
+def history_windows(observations: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, history: int
+                    ) -> torch.Tensor:
+    """For every step t of a batch of episodes, the `history` transitions before it.
+
+    Args:
+        observations: [H, B, obs_dim] as sampled (`agents.episodes.Episodes`).
+        actions: [H, B, act_dim].
+        mask: [H, B], 1 while the episode runs.
+        history: transitions per window.
+
+    Returns [H, B, history, transition_size]: window t holds transitions t-history .. t-1, each
+    (s_i, a_i, s_{i+1}, 1); transitions before the episode's start are all zeros.
+    """
+    horizon, batch, _ = observations.shape
+    real = mask[1:, :, None]  # transition i is real when step i+1 ran
+    transitions = torch.cat([observations[:-1], actions[:-1], observations[1:], torch.ones_like(real)], dim=-1)
+    transitions = transitions * real
+    # Pad `history` empty transitions in front: window t is padded rows t .. t+history-1.
+    padded = torch.cat([transitions.new_zeros(history, batch, transitions.shape[-1]), transitions], dim=0)
+    windows = padded.unfold(0, history, 1)[:horizon]  # [H, B, feat, history]
+    return windows.permute(0, 1, 3, 2).contiguous()
+
+
+class ContextAdapter(nn.Module):
+    """RMA's adaptation module: a window of transitions -> an estimate of the extrinsics embedding.
+
+    Args:
+        obs_dim: the deployed (non-privileged) observation size.
+        act_dim: action size.
+        history: transitions per window.
+        embed_dim: the teacher's first hidden width (the embedding's size).
+        hidden_sizes: widths of the ELU hidden layers.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, history: int, embed_dim: int,
+                 hidden_sizes: Sequence[int] = (256, 128)) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        self.history, self.embed_dim = int(history), int(embed_dim)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        layers: list[nn.Module] = []
+        width = self.history * transition_size(self.obs_dim, self.act_dim)
+        for hidden in self.hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ELU()]
+            width = hidden
+        layers.append(nn.Linear(width, self.embed_dim))
+        self.net = nn.Sequential(*layers)
+        # Per-feature scale of real transitions (velocities reach 10, angles stay near 0), fixed
+        # once from the first data (`set_normalizer`); saved with the weights.
+        features = transition_size(self.obs_dim, self.act_dim) - 1
+        self.register_buffer("input_mean", torch.zeros(features))
+        self.register_buffer("input_std", torch.ones(features))
+
+    def set_normalizer(self, windows: torch.Tensor) -> None:
+        """Fix the input scaling to the mean and std of the real transitions in `windows`."""
+        flat = windows.reshape(-1, windows.shape[-1])
+        real = flat[flat[:, -1] > 0, :-1]
+        if len(real) < 2:
+            raise ValueError("windows: need at least two real transitions to set the adapter's input scale")
+        with torch.no_grad():
+            self.input_mean.copy_(real.mean(dim=0))
+            self.input_std.copy_(real.std(dim=0).clamp(min=1e-3))
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """Embedding estimates [..., embed_dim] of windows [..., history, transition_size]."""
+        real = windows[..., -1:]
+        scaled = (windows[..., :-1] - self.input_mean) / self.input_std * real  # empty slots stay 0
+        return self.net(torch.cat([scaled, real], dim=-1).flatten(-2))
+
+    def config(self) -> dict:
+        """Constructor arguments (what a checkpoint needs to rebuild it)."""
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "history": self.history,
+                "embed_dim": self.embed_dim, "hidden_sizes": list(self.hidden_sizes)}
+
+
+class ContextPolicy(nn.Module):
+    """The deployed student: the teacher's network with the adapter's estimate in place of `W_e e`.
+
+    Args:
+        teacher: a policy trained on observations with the privileged factors appended (their
+            count is `n_privileged`, at the end of the observation).
+        adapter: its `obs_dim` is the teacher's minus `n_privileged`; `embed_dim` its first width.
+        n_privileged: how many privileged factors the teacher observes.
+    """
+
+    def __init__(self, teacher: GaussianMLPPolicy, adapter: ContextAdapter, n_privileged: int) -> None:
+        super().__init__()
+        if adapter.obs_dim != teacher.obs_dim - n_privileged or adapter.act_dim != teacher.act_dim:
+            raise ValueError(f"adapter: observes {adapter.obs_dim} + acts {adapter.act_dim}, the teacher's deployed "
+                             f"observation is {teacher.obs_dim - n_privileged} and actions {teacher.act_dim}")
+        if adapter.embed_dim != teacher.hidden_sizes[0]:
+            raise ValueError(f"adapter: embed_dim {adapter.embed_dim} must be the teacher's first width "
+                             f"{teacher.hidden_sizes[0]}")
+        self.teacher, self.adapter, self.n_privileged = teacher, adapter, int(n_privileged)
+        self.obs_dim, self.act_dim = adapter.obs_dim, adapter.act_dim
+
+    def extrinsics(self, privileged: torch.Tensor) -> torch.Tensor:
+        """The teacher's embedding `W_e e` [..., embed_dim] of privileged factors [..., n_privileged]."""
+        weight = self.teacher.mean_net[0].weight
+        return privileged.to(weight.dtype) @ weight[:, self.obs_dim:].T
+
+    def mean(self, obs: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Action means [..., act_dim] of deployed observations under an extrinsics embedding."""
+        first = self.teacher.mean_net[0]
+        x = torch.tanh(F.linear(obs, first.weight[:, :self.obs_dim], first.bias) + embedding)
+        for layer in list(self.teacher.mean_net)[2:]:
+            x = layer(x)
+        return x
+
+    def mean_from_windows(self, obs: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Action means of observations given each one's history window (`history_windows`)."""
+        return self.mean(obs, self.adapter(windows))
+
+    def action_std(self) -> np.ndarray:
+        """The teacher's action noise [act_dim]."""
+        with torch.no_grad():
+            return self.teacher.std(self.teacher.parameters_dict()).numpy()
+
+    def start(self, n_envs: int) -> StepMean:
+        """A step function for `n_envs` envs with an empty history (`agents.sampler.MemoryActor`).
+
+        It keeps the last `history` transitions of each env, as `history_windows` builds them
+        from the sampled episodes, so what the sampler acts with equals what training sees.
+        """
+        history, obs_dim = self.adapter.history, self.obs_dim
+        windows = torch.zeros(n_envs, history, transition_size(obs_dim, self.act_dim))
+        previous: list[torch.Tensor] = []
+
+        def step(observations: np.ndarray, previous_actions: np.ndarray) -> np.ndarray:
+            obs = torch.from_numpy(np.asarray(observations, dtype=np.float32))
+            with torch.no_grad():
+                if previous:
+                    windows[:, :-1] = windows[:, 1:].clone()
+                    windows[:, -1] = torch.cat([previous[0], torch.from_numpy(np.asarray(previous_actions,
+                                                                                         dtype=np.float32)),
+                                                obs, torch.ones(n_envs, 1)], dim=-1)
+                    previous[0] = obs.clone()
+                else:
+                    previous.append(obs.clone())
+                return self.mean_from_windows(obs, windows).numpy()
+
+        return step
