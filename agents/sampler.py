@@ -38,10 +38,11 @@ StepMean = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 class MemoryActor(Protocol):
     """A policy whose action depends on the episode so far (e.g. `agents.meta.context.ContextPolicy`):
-    the sampler starts a fresh memory for each shard's envs and calls it once per step."""
+    the sampler starts a memory for each shard's envs and calls it once per step."""
 
-    def start(self, n_envs: int) -> StepMean:
-        """A step function with an empty memory for `n_envs` envs."""
+    def start(self, rows: np.ndarray) -> StepMean:
+        """A step function for the envs `rows` of the call (indices in its task-major env order,
+        `task * episodes_per_task + episode`), with their memory at the episodes' start."""
 
     def action_std(self) -> np.ndarray:
         """The standard deviation [act_dim] of the action noise (state-independent)."""
@@ -124,6 +125,7 @@ class ShardJob:
     per_task: int
     env_seeds: list[int]
     noise: np.ndarray | None  # [horizon, envs, act_dim] standard normal, None when deterministic
+    rows: np.ndarray  # the shard's envs' indices in the call's task-major order
 
 
 @dataclass
@@ -232,7 +234,7 @@ class Sampler:
                 shard_params = None if params is None else _detached(params)
             jobs.append(ShardJob([tasks[t] for t in shard.tasks for _ in shard.episodes], policy, shard_params,
                                  len(shard.tasks), len(shard.episodes), env_seeds[rows].tolist(),
-                                 None if noise is None else noise[:, rows]))
+                                 None if noise is None else noise[:, rows], rows))
         results, side_by_side = self._collect(jobs)
 
         out = Collected.zeros(self.horizon, batch_size, self.obs_dim, self.act_dim)
@@ -285,7 +287,7 @@ def collect_shard(env: BatchedEnv, job: ShardJob, horizon: int) -> ShardResult:
     done = np.zeros(env.num_envs, dtype=bool)
     seconds_policy, seconds_simulate = 0.0, 0.0
 
-    step_mean, std = _step_actor(job, env.num_envs)
+    step_mean, std = _step_actor(job)
     scaled_noise = None if job.noise is None else job.noise * std
     obs = env.reset(job.env_seeds)
     root = env.readout.root
@@ -323,11 +325,11 @@ def _detached(params: Mapping[str, torch.Tensor]) -> Params:
     return {name: value.detach() for name, value in params.items()}
 
 
-def _step_actor(job: ShardJob, n_envs: int) -> tuple[StepMean, np.ndarray]:
-    """(step function, std [B or 1, act_dim]) of a shard's actor: a memory actor's fresh memory,
-    or a stateless policy's batched forward (which ignores the previous actions)."""
+def _step_actor(job: ShardJob) -> tuple[StepMean, np.ndarray]:
+    """(step function, std [B or 1, act_dim]) of a shard's actor: a memory actor started on the
+    shard's rows, or a stateless policy's batched forward (which ignores the previous actions)."""
     if not isinstance(job.policy, GaussianMLPPolicy):
-        return job.policy.start(n_envs), np.asarray(job.policy.action_std(), dtype=np.float32)[None]
+        return job.policy.start(job.rows), np.asarray(job.policy.action_std(), dtype=np.float32)[None]
     mean_of, std = _batched_actor(job.policy, job.params, job.n_tasks, job.per_task)
     return (lambda obs, previous_actions: mean_of(obs)), std
 

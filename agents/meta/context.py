@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.episodes import Episodes
 from agents.policy import GaussianMLPPolicy
 from agents.sampler import StepMean
 
@@ -152,14 +153,23 @@ class ContextPolicy(nn.Module):
         with torch.no_grad():
             return self.teacher.std(self.teacher.parameters_dict()).numpy()
 
-    def start(self, n_envs: int) -> StepMean:
-        """A step function for `n_envs` envs with an empty history (`agents.sampler.MemoryActor`).
+    def start(self, rows: np.ndarray) -> StepMean:
+        """A step function for the envs `rows` with an empty history (`agents.sampler.MemoryActor`)."""
+        return self.step_function(torch.zeros(len(rows), self.adapter.history,
+                                              transition_size(self.obs_dim, self.act_dim)))
+
+    def continued(self, episodes: Sequence[Episodes]) -> ContinuedContext:
+        """This policy acting on the same tasks again with the history each env ended `episodes` with
+        (one `Episodes` per task, as `Sampler.sample` returns them): experience carried over."""
+        return ContinuedContext(self, last_windows(episodes, self.adapter.history))
+
+    def step_function(self, windows: torch.Tensor) -> StepMean:
+        """A step function that starts from `windows` [n_envs, history, transition_size] (changed in place).
 
         It keeps the last `history` transitions of each env, as `history_windows` builds them
         from the sampled episodes, so what the sampler acts with equals what training sees.
         """
-        history, obs_dim = self.adapter.history, self.obs_dim
-        windows = torch.zeros(n_envs, history, transition_size(obs_dim, self.act_dim))
+        n_envs = len(windows)
         previous: list[torch.Tensor] = []
 
         def step(observations: np.ndarray, previous_actions: np.ndarray) -> np.ndarray:
@@ -176,3 +186,38 @@ class ContextPolicy(nn.Module):
                 return self.mean_from_windows(obs, windows).numpy()
 
         return step
+
+
+class ContinuedContext:
+    """A `ContextPolicy` whose envs start with given histories (`ContextPolicy.continued`).
+
+    Args:
+        policy: the student.
+        windows: [n_envs, history, transition_size], one per env of the call, task-major.
+    """
+
+    def __init__(self, policy: ContextPolicy, windows: torch.Tensor) -> None:
+        self.policy, self.windows = policy, windows
+
+    def start(self, rows: np.ndarray) -> StepMean:
+        """A step function for the envs `rows`, starting from their windows."""
+        if len(rows) and int(np.max(rows)) >= len(self.windows):
+            raise ValueError(f"rows: the continued policy holds histories for {len(self.windows)} envs, "
+                             f"asked for env {int(np.max(rows))}")
+        return self.policy.step_function(self.windows[torch.as_tensor(rows)].clone())
+
+    def action_std(self) -> np.ndarray:
+        """The student's action noise."""
+        return self.policy.action_std()
+
+
+def last_windows(episodes: Sequence[Episodes], history: int) -> torch.Tensor:
+    """The window at each episode's last real step, [sum of batch sizes, history, transition_size]
+    in task-major order: the memory an env has when its episode ends (its last transition, into the
+    state after the final action, is not recorded)."""
+    out = []
+    for batch in episodes:
+        windows = history_windows(batch.observations, batch.actions, batch.mask, history)
+        last = (batch.mask.sum(dim=0).long() - 1).clamp(min=0)
+        out.append(windows[last, torch.arange(batch.batch_size)])
+    return torch.cat(out)

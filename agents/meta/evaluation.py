@@ -33,14 +33,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agents.meta.context import ContextPolicy, ContinuedContext
 from agents.meta.inner import InnerLR, adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
 from envs.tasks import Goal, Task, Terrain
 
+#: What a method adapts: a policy taking gradient steps, or a context policy whose step j is its j-th
+#: episode on the task with the history of the one before carried over (no gradient step).
+MethodPolicy = GaussianMLPPolicy | ContextPolicy
 #: a method's policy: one for every seed, or one per seed (e.g. a fresh random init per seed)
-MethodPolicies = GaussianMLPPolicy | Sequence[GaussianMLPPolicy]
+MethodPolicies = MethodPolicy | Sequence[MethodPolicy]
 
 # ----------------------------------------------------------------------------------------------
 # Configuration and inputs
@@ -174,6 +178,7 @@ class AdaptationResult:
     returns: dict[str, np.ndarray] = field(default_factory=dict)
     speeds: dict[str, np.ndarray] = field(default_factory=dict)
     learned_step_sizes: list[str] = field(default_factory=list)  # methods adapted with their own (Meta-SGD)
+    by_experience: list[str] = field(default_factory=list)  # context methods: step j = j episodes of experience
 
     @property
     def methods(self) -> list[str]:
@@ -294,6 +299,7 @@ class AdaptationResult:
                           f"resamples; tasks resampled within each of {len(self.seeds)} seeds)"),
             "methods": self.methods,
             "learned_step_sizes": self.learned_step_sizes,
+            "by_experience": self.by_experience,
             "tasks_per_seed": self.tasks_per_seed,
             "tasks": [[task.to_dict() for task in seed_tasks] for seed_tasks in self.tasks],
             "summary": self.summary(),
@@ -315,17 +321,17 @@ def nan_to_none(value: Any) -> Any:
     return value
 
 
-def _check_policy(name: str, policy: GaussianMLPPolicy, sampler: Sampler) -> None:
-    if not isinstance(policy, GaussianMLPPolicy):
-        raise ValueError(f"methods[{name!r}] must be a GaussianMLPPolicy, got {type(policy).__name__}")
+def _check_policy(name: str, policy: MethodPolicy, sampler: Sampler) -> None:
+    if not isinstance(policy, GaussianMLPPolicy | ContextPolicy):
+        raise ValueError(f"methods[{name!r}] must be a GaussianMLPPolicy or ContextPolicy, got {type(policy).__name__}")
     if (policy.obs_dim, policy.act_dim) != (sampler.obs_dim, sampler.act_dim):
         raise ValueError(f"methods[{name!r}]: policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim}; "
                          f"{sampler.robot!r} (height_scan={sampler.height_scan}) needs obs_dim={sampler.obs_dim}, "
                          f"act_dim={sampler.act_dim}")
 
 
-def _per_seed(name: str, policies: MethodPolicies, n_seeds: int) -> list[GaussianMLPPolicy]:
-    if isinstance(policies, GaussianMLPPolicy):
+def _per_seed(name: str, policies: MethodPolicies, n_seeds: int) -> list[MethodPolicy]:
+    if isinstance(policies, GaussianMLPPolicy | ContextPolicy):
         return [policies] * n_seeds
     policies = list(policies) if isinstance(policies, Sequence) else [policies]
     if len(policies) != n_seeds:
@@ -344,9 +350,27 @@ def _per_seed_tasks(tasks: Sequence[Task] | Sequence[Sequence[Task]], n_seeds: i
     return per_seed
 
 
-def _adaptation_curve(policy: GaussianMLPPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
+def _experience_curve(policy: ContextPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
+                      seed: int, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+    """`[task, step]` mean returns and speeds of a context policy: episode j of each env starts with
+    the history its episode j - 1 ended with (step 0: an empty one)."""
+    curve = np.zeros((len(tasks), config.steps + 1))
+    speeds = np.zeros_like(curve)
+    actor: ContextPolicy | ContinuedContext = policy
+    for step in range(config.steps + 1):
+        episodes = sampler.sample(actor, tasks, config.episodes_per_task, seed=step_seed(seed, step))
+        curve[:, step] = [float(e.total_returns().mean()) for e in episodes]
+        speeds[:, step] = [float((e.info["distance"] / (e.mask.sum(0) * sampler.dt)).mean()) for e in episodes]
+        actor = policy.continued(episodes)
+        bar.update(1)
+    return curve, speeds
+
+
+def _adaptation_curve(policy: MethodPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
                       seed: int, bar: tqdm, inner_lr: InnerLR) -> tuple[np.ndarray, np.ndarray]:
     """`[task, step]` mean returns and mean speeds of one seed: roll out, adapt on those episodes, repeat."""
+    if isinstance(policy, ContextPolicy):
+        return _experience_curve(policy, sampler, tasks, config, seed, bar)
     own: Params = {name: p.detach() for name, p in policy.named_parameters()}
     params = [own] * len(tasks)
     curve = np.zeros((len(tasks), config.steps + 1))
@@ -381,7 +405,9 @@ def compare(
 
     Args:
         methods: name -> policy, or name -> one policy per seed (e.g. "maml", "pretrained",
-            "random"); policies are not modified. The first method is compared with the others.
+            "random"); policies are not modified. The first method is compared with the others. A
+            `ContextPolicy` takes no gradient step: its step j is its j-th episode on the task,
+            each env starting from the history its previous episode ended with.
         tasks: the evaluation tasks: one list for every seed, or one list per seed (preferred: then
             the intervals cover the task distribution, not one draw of it).
         robot: the robot of the tasks.
@@ -409,7 +435,7 @@ def compare(
         raise ValueError(f"sampler: collects {sampler.robot} episodes of {sampler.horizon} steps "
                          f"(height_scan={sampler.height_scan}), expected {robot}, {config.horizon}, {height_scan}")
     try:
-        policies: dict[str, list[GaussianMLPPolicy]] = {}
+        policies: dict[str, list[MethodPolicy]] = {}
         for name, given in methods.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"methods: names must be non-empty strings, got {name!r}")
@@ -418,12 +444,13 @@ def compare(
                 _check_policy(name, policy, sampler)
         inner_lrs = dict(inner_lrs or {})
         for name, lrs in inner_lrs.items():
-            if name not in policies:
-                raise ValueError(f"inner_lrs: {name!r} is not a method ({sorted(policies)})")
+            if name not in policies or isinstance(policies[name][0], ContextPolicy):
+                raise ValueError(f"inner_lrs: {name!r} is not a gradient-adapted method ({sorted(policies)})")
             expected = {n: tuple(p.shape) for n, p in policies[name][0].named_parameters()}
             if {n: tuple(t.shape) for n, t in lrs.items()} != expected:
                 raise ValueError(f"inner_lrs[{name!r}]: need one step-size tensor per parameter of its policy")
-        result = AdaptationResult(robot, per_seed_tasks, config, learned_step_sizes=sorted(inner_lrs))
+        result = AdaptationResult(robot, per_seed_tasks, config, learned_step_sizes=sorted(inner_lrs),
+                                  by_experience=[n for n, p in policies.items() if isinstance(p[0], ContextPolicy)])
         total = len(methods) * len(config.seeds) * (config.steps + 1)
         with tqdm(total=total, disable=not progress, desc="evaluate adaptation", unit="rollout") as bar:
             for name, per_seed in policies.items():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.meta.context import ContextAdapter, ContextPolicy, history_windows, transition_size
+from agents.meta.context import ContextAdapter, ContextPolicy, history_windows, last_windows, transition_size
 from agents.meta.evaluation import random_init
 from agents.sampler import Sampler
 from envs.locomotion import LocomotionEnv
@@ -98,3 +98,50 @@ def test_sampler_refuses_params_for_a_memory_actor():
             sampler.sample(student, [Task()], 1, params=student.teacher.parameters_dict())
     finally:
         sampler.close()
+
+
+def test_continued_experience_starts_each_env_from_its_last_history():
+    student = make_student(history=6)
+    tasks = [Task(terrain=Terrain("rough", 0.5, 2)), Task(physics=Physics(payload=3.0))]
+    sampler = Sampler("cheetah", horizon=12, num_threads=2)
+    try:
+        first = sampler.sample(student, tasks, 2, seed=1, deterministic=True)
+        second = sampler.sample(student.continued(first), tasks, 2, seed=2, deterministic=True)
+        fresh = sampler.sample(student, tasks, 2, seed=2, deterministic=True)
+    finally:
+        sampler.close()
+    carried = last_windows(first, 6)
+    assert carried[:, -1, -1].all()  # every env ends with a full history
+    for t, (before, after, alone) in enumerate(zip(first, second, fresh, strict=True)):
+        # The first action of the continued episode comes from the carried history (and differs
+        # from a fresh start); later ones from that history shifted by the new transitions.
+        obs, actions = after.observations, after.actions
+        new = torch.cat([obs[:-1], actions[:-1], obs[1:], torch.ones(after.horizon - 1, 2, 1)], dim=-1)
+        joined = torch.cat([carried[t * 2:(t + 1) * 2], new.transpose(0, 1)], dim=1)  # [env, 6 + H - 1, feat]
+        rebuilt = torch.stack([joined[:, i:i + 6] for i in range(after.horizon)])  # window of step i
+        with torch.no_grad():
+            means = student.mean_from_windows(after.observations, rebuilt)
+        torch.testing.assert_close(after.actions, means, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(after.actions[0], alone.actions[0])
+        assert before.observations.shape == after.observations.shape
+
+
+def test_the_evaluation_gives_a_context_policy_its_previous_episodes_as_experience():
+    from agents.meta.evaluation import AdaptationConfig, compare, step_seed
+
+    student = make_student(history=5)
+    tasks = [Task(terrain=Terrain("hills", 0.7, 4)), Task(physics=Physics(friction=0.2))]
+    config = AdaptationConfig(steps=2, episodes_per_task=2, horizon=15, seeds=(3,), bootstrap_reps=100,
+                              num_threads=1)
+    result = compare({"context": student}, tasks, "cheetah", config)
+    assert result.by_experience == ["context"]
+    sampler = Sampler("cheetah", horizon=15, num_threads=1)
+    try:
+        actor, expected = student, []
+        for step in range(3):
+            episodes = sampler.sample(actor, tasks, 2, seed=step_seed(3, step))
+            expected.append([float(e.total_returns().mean()) for e in episodes])
+            actor = student.continued(episodes)
+    finally:
+        sampler.close()
+    np.testing.assert_allclose(result.returns["context"][0], np.array(expected).T, rtol=1e-6)
