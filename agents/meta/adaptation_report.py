@@ -48,7 +48,7 @@ def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str
         f"{per_seed * n_seeds} held-out tasks ({per_seed} per seed, seeds {', '.join(map(str, config['seeds']))}), "
         f"{config['episodes_per_task']} episodes per task and step, {config['steps']} inner policy-gradient "
         f"step(s) of lr {config['inner_lr']:g}{_learned(data)} on those episodes, horizon {config['horizon']} "
-        f"({robot_steps(data)} env steps per method). Intervals: {data['intervals']}.",
+        f"({robot_steps(data)} env steps per method).{_experience(data)} Intervals: {data['intervals']}.",
         "",
         f"{heading} Mean return [95 % interval]; IQM in the second line",
         "",
@@ -92,6 +92,14 @@ def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str
             lines.append(f"| {low:.2f}-{high:.2f} | {cell['mean_target']:.2f} | "
                          + " | ".join(f"{first[j][b]['mean_speed']:.2f}" for j in steps) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _experience(data: Mapping[str, Any]) -> str:
+    by_experience = data.get("by_experience") or []
+    if not by_experience:
+        return ""
+    return (f" {', '.join(by_experience)}: no gradient step; its estimate follows each episode, and its step j is "
+            f"its j-th episode on the task, with the previous episode's history carried over.")
 
 
 def _learned(data: Mapping[str, Any]) -> str:

@@ -33,7 +33,8 @@ def teacher_path(tmp_path_factory) -> Path:
     config = PretrainConfig(family="cheetah_terrain", iterations=1, tasks_per_iteration=2, episodes_per_task=1,
                             horizon=20, hidden_sizes=(16, 16), privileged_in_obs=True, num_threads=1)
     policy = pretrain(config, progress=False)
-    return save_pretrained(tmp_path_factory.mktemp("teacher") / "teacher.pt", policy, config, 1)
+    return save_pretrained(tmp_path_factory.mktemp("teacher") / "teacher.pt", policy, config, 1, wall_time_s=1.0,
+                           env_steps=40)
 
 
 def run_dir(path: Path, config: ContextConfig, resume: bool = False):
@@ -125,3 +126,22 @@ def test_a_teacher_without_the_factors_is_refused_before_anything_is_written(tmp
     assert "privileged_in_obs" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_evaluation_script_compares_the_context_adapter_with_baselines(tmp_path, teacher_path, load_script):
+    config = ContextConfig(teacher=str(teacher_path), iterations=1, **TINY)
+    train_context(config, run_dir(tmp_path / "run", config), progress=False)
+    context = latest_checkpoint(tmp_path / "run")
+    cli = load_script("evaluate_adaptation")
+    common = ["--family", "cheetah_terrain", "--tasks", "2", "--steps", "1", "--episodes", "2", "--horizon", "10",
+              "--seeds", "0", "--num-threads", "1", "--quiet"]
+    with pytest.raises(ValueError, match="observes the privileged factors"):
+        cli.main(["--methods", "context,pretrained", "--context", str(context), "--pretrained", str(teacher_path),
+                  "--out", str(tmp_path / "refused"), *common])
+    assert not (tmp_path / "refused").exists()
+    cli.main(["--methods", "context,random", "--context", str(context), "--out", str(tmp_path / "eval"), *common])
+    data = yaml.safe_load((tmp_path / "eval" / "results.json").read_text())
+    assert data["methods"] == ["context", "random"] and data["by_experience"] == ["context"]
+    assert data["metadata"]["sources"]["context"] == str(context)
+    assert data["metadata"]["training"]["context"]["budget"]["teacher"]["env_steps"] == 40
+    assert "no gradient step" in (tmp_path / "eval" / "table.md").read_text()
