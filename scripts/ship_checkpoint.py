@@ -22,7 +22,8 @@ from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.layout import check_layout
 
 EVALUATION_KEYS = ("config", "intervals", "methods", "tasks_per_seed", "summary", "gains", "versus")
-METRICS = {"maml": "meta_train.jsonl", "pretrained": "pretrain.jsonl"}  # checkpoint kind -> its metrics log
+# checkpoint kind -> its metrics log (a context adapter's budget is its own; its teacher's is in metadata["teacher"])
+METRICS = {"maml": "meta_train.jsonl", "pretrained": "pretrain.jsonl", "context": "context.jsonl"}
 
 
 def run_budget(run: Path, kind: str, up_to: int) -> dict[str, float | int]:
@@ -72,6 +73,7 @@ def main() -> None:
     if args.run is not None:
         metadata["budget"] = run_budget(args.run, metadata.get("kind", ""), checkpoint.iteration)
     metadata["evaluation"] = {"method": method, **{key: evaluation[key] for key in EVALUATION_KEYS},
+                              "by_experience": evaluation.get("by_experience", []),
                               "metadata": {k: v for k, v in evaluation["metadata"].items() if k != "policy_sha256"}}
     save_checkpoint(args.out, policy=checkpoint.policy, robot=checkpoint.robot, env_id=checkpoint.env_id,
                     iteration=checkpoint.iteration, stage=checkpoint.stage, extra_state=checkpoint.extra_state,
