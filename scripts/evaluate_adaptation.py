@@ -13,7 +13,10 @@ Methods: `maml` (--checkpoint) takes k inner policy-gradient steps; `context` (-
 family's shipped `context_<family>.pt`) takes none: its estimate follows each episode, and its step
 j is its j-th episode on the task with the previous episode's history carried over; `pretrained`
 (--pretrained, default the shipped `pretrained_<family>.pt`) and `random` (one fresh init per seed)
-take the same gradient steps as MAML. The first method is compared with each other one.
+take the same gradient steps as MAML; `retrieval` (--library, default assets/skills/<family>, from
+`scripts/build_skills.py`) rolls out its probe policy first, retrieves for each task the skill
+whose key is nearest to those episodes' embedding, and adapts that skill with the same gradient
+steps. The first method is compared with each other one.
 
 Each seed draws its own tasks from the family's split (--tasks per seed), so the intervals (95 %
 stratified bootstrap over tasks within seeds) cover the task distribution. Writes table.csv,
@@ -41,6 +44,7 @@ from agents.meta.evaluation import (
     random_init,
     task_seed_for,
 )
+from agents.meta.retrieval import SkillLibrary, load_library
 from agents.runs.checkpoint import Checkpoint, load_checkpoint, policy_sha256
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.layout import check_layout
@@ -50,7 +54,8 @@ from envs.tasks import SPLITS, TaskDistribution, TaskFamily, get_family
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 
-METHODS = ("maml", "context", "pretrained", "random")
+METHODS = ("maml", "context", "retrieval", "pretrained", "random")
+SKILLS = SHIPPED.parent / "skills"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,6 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the context adapter (scripts/train_context.py; default: the family's shipped one)")
     parser.add_argument("--pretrained", type=Path,
                         help="checkpoint of the multi-task pretrained baseline (default: the family's shipped one)")
+    parser.add_argument("--library", type=Path,
+                        help="skill library folder (scripts/build_skills.py; default: assets/skills/<family>)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the tables, figure and results.json")
     parser.add_argument("--family", help="task family (default: the first checkpoint's metadata 'family')")
     parser.add_argument("--split", default="test", help="family split to draw tasks from: test (held out) or train")
@@ -170,6 +177,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                                  "its context adapter (--methods context)")
             policies[name] = checkpoint.policy
         loaded[name], sources[name] = checkpoint, str(path)
+    if "retrieval" in names:
+        folder = args.library
+        if folder is None:
+            if family is None or not (SKILLS / family.name).is_dir():
+                raise ValueError("library: method 'retrieval' needs --library FOLDER (no shipped assets/skills/"
+                                 f"{family.name if family else '<family>'})")
+            folder = SKILLS / family.name
+        library = load_library(folder, family.name if family else None)
+        if family is None:
+            family = get_family(library.family)
+        elif not args.cross_family and library.family != family.name:
+            raise ValueError(f"library: built for {library.family!r}, not {family.name!r} "
+                             "(pass --cross-family to measure transfer)")
+        policies["retrieval"], sources["retrieval"] = library, str(folder)
     height_scan = agreed_height_scan(loaded)
     seeds = tuple(args.seeds)
     if args.terrains:
@@ -182,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if family is None and not loaded:
         raise ValueError("family: give --family (the robot of the terrains) when no checkpoint is evaluated")
     robot = family.robot if family is not None else next(iter(loaded.values())).robot
-    dims = {(p.obs_dim, p.act_dim) for p in policies.values()}
+    dims = {(p.obs_dim, p.act_dim) for p in (v.probe if isinstance(v, SkillLibrary) else v for v in policies.values())}
     if len(dims) > 1:
         raise ValueError(f"methods: the checkpoints observe and act with different sizes {sorted(dims)}")
     if "random" in names:
@@ -209,8 +230,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         if sampler is not None:
             sampler.close()
     metadata = {"sources": {name: sources[name] for name in methods},
-                "training": {name: {"iterations": c.iteration, "budget": training_budget(c)}
-                             for name, c in loaded.items()},
+                "training": {**{name: {"iterations": c.iteration, "budget": training_budget(c)}
+                                for name, c in loaded.items()},
+                             **({"retrieval": {"budget": policies["retrieval"].records.get("budget"),
+                                               "accuracy": policies["retrieval"].records.get("accuracy")}}
+                                if "retrieval" in methods else {})},
                 "policy_sha256": {name: policy_sha256(c.policy) for name, c in loaded.items()},
                 "family": family.name if family else None,
                 "split": None if args.terrains else args.split, "task_seed": args.task_seed,

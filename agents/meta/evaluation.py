@@ -35,14 +35,17 @@ from tqdm import tqdm
 
 from agents.meta.context import ContextPolicy, ContinuedContext
 from agents.meta.inner import InnerLR, adapt
+from agents.meta.retrieval import SkillLibrary, embed_episodes
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.stats import stratified_bootstrap
 from agents.sampler import Sampler
 from envs.tasks import Goal, Task, Terrain
 
-#: What a method adapts: a policy taking gradient steps, or a context policy whose step j is its j-th
-#: episode on the task with the history of the one before carried over (no gradient step).
-MethodPolicy = GaussianMLPPolicy | ContextPolicy
+#: What a method adapts: a policy taking gradient steps; a context policy whose step j is its j-th
+#: episode on the task with the history of the one before carried over (no gradient step); or a
+#: skill library, whose step 0 is its probe policy's episodes, from which each task's nearest skill
+#: is retrieved to start from at step 1 (and adapted with gradient steps after).
+MethodPolicy = GaussianMLPPolicy | ContextPolicy | SkillLibrary
 #: a method's policy: one for every seed, or one per seed (e.g. a fresh random init per seed)
 MethodPolicies = MethodPolicy | Sequence[MethodPolicy]
 
@@ -179,6 +182,7 @@ class AdaptationResult:
     speeds: dict[str, np.ndarray] = field(default_factory=dict)
     learned_step_sizes: list[str] = field(default_factory=list)  # methods adapted with their own (Meta-SGD)
     by_experience: list[str] = field(default_factory=list)  # context methods: step j = j episodes of experience
+    retrieved: dict[str, list[list[str]]] = field(default_factory=dict)  # library method -> [seed][task] skill
 
     @property
     def methods(self) -> list[str]:
@@ -300,6 +304,7 @@ class AdaptationResult:
             "methods": self.methods,
             "learned_step_sizes": self.learned_step_sizes,
             "by_experience": self.by_experience,
+            "retrieved": self.retrieved,
             "tasks_per_seed": self.tasks_per_seed,
             "tasks": [[task.to_dict() for task in seed_tasks] for seed_tasks in self.tasks],
             "summary": self.summary(),
@@ -322,8 +327,14 @@ def nan_to_none(value: Any) -> Any:
 
 
 def _check_policy(name: str, policy: MethodPolicy, sampler: Sampler) -> None:
+    if isinstance(policy, SkillLibrary):
+        for part, inner in (("probe", policy.probe), ("context", policy.encoder),
+                            *((f"skill {s.name}", s.policy) for s in policy.skills)):
+            _check_policy(f"{name}: {part}", inner, sampler)
+        return
     if not isinstance(policy, GaussianMLPPolicy | ContextPolicy):
-        raise ValueError(f"methods[{name!r}] must be a GaussianMLPPolicy or ContextPolicy, got {type(policy).__name__}")
+        raise ValueError(f"methods[{name!r}] must be a GaussianMLPPolicy, ContextPolicy or SkillLibrary, "
+                         f"got {type(policy).__name__}")
     if (policy.obs_dim, policy.act_dim) != (sampler.obs_dim, sampler.act_dim):
         raise ValueError(f"methods[{name!r}]: policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim}; "
                          f"{sampler.robot!r} (height_scan={sampler.height_scan}) needs obs_dim={sampler.obs_dim}, "
@@ -331,7 +342,7 @@ def _check_policy(name: str, policy: MethodPolicy, sampler: Sampler) -> None:
 
 
 def _per_seed(name: str, policies: MethodPolicies, n_seeds: int) -> list[MethodPolicy]:
-    if isinstance(policies, GaussianMLPPolicy | ContextPolicy):
+    if isinstance(policies, GaussianMLPPolicy | ContextPolicy | SkillLibrary):
         return [policies] * n_seeds
     policies = list(policies) if isinstance(policies, Sequence) else [policies]
     if len(policies) != n_seeds:
@@ -367,10 +378,18 @@ def _experience_curve(policy: ContextPolicy, sampler: Sampler, tasks: Sequence[T
 
 
 def _adaptation_curve(policy: MethodPolicy, sampler: Sampler, tasks: Sequence[Task], config: AdaptationConfig,
-                      seed: int, bar: tqdm, inner_lr: InnerLR) -> tuple[np.ndarray, np.ndarray]:
-    """`[task, step]` mean returns and mean speeds of one seed: roll out, adapt on those episodes, repeat."""
+                      seed: int, bar: tqdm, inner_lr: InnerLR, retrieved: list[str] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """`[task, step]` mean returns and mean speeds of one seed: roll out, adapt on those episodes, repeat.
+
+    A skill library's step 0 is its probe policy; each task then starts from its retrieved skill
+    (names appended to `retrieved`), which the later steps adapt like any other start.
+    """
     if isinstance(policy, ContextPolicy):
         return _experience_curve(policy, sampler, tasks, config, seed, bar)
+    library = policy if isinstance(policy, SkillLibrary) else None
+    if library is not None:
+        policy = library.probe
     own: Params = {name: p.detach() for name, p in policy.named_parameters()}
     params = [own] * len(tasks)
     curve = np.zeros((len(tasks), config.steps + 1))
@@ -379,7 +398,11 @@ def _adaptation_curve(policy: MethodPolicy, sampler: Sampler, tasks: Sequence[Ta
         episodes = sampler.sample(policy, tasks, config.episodes_per_task, params=params, seed=step_seed(seed, step))
         curve[:, step] = [float(e.total_returns().mean()) for e in episodes]
         speeds[:, step] = [float((e.info["distance"] / (e.mask.sum(0) * sampler.dt)).mean()) for e in episodes]
-        if step < config.steps:
+        if library is not None and step == 0:
+            chosen = [library.skills[i] for i in library.nearest(embed_episodes(library.encoder, episodes))]
+            retrieved.extend(skill.name for skill in chosen)
+            params = [{name: p.detach() for name, p in skill.policy.named_parameters()} for skill in chosen]
+        elif step < config.steps:
             params = [
                 {name: p.detach() for name, p in adapt(policy, task_params, task_episodes, inner_lr,
                                                        first_order=True, gamma=config.gamma,
@@ -407,7 +430,9 @@ def compare(
         methods: name -> policy, or name -> one policy per seed (e.g. "maml", "pretrained",
             "random"); policies are not modified. The first method is compared with the others. A
             `ContextPolicy` takes no gradient step: its step j is its j-th episode on the task,
-            each env starting from the history its previous episode ended with.
+            each env starting from the history its previous episode ended with. A `SkillLibrary`'s
+            step 0 is its probe policy; each task's nearest skill (by the probe episodes'
+            embedding) is its start from step 1 on.
         tasks: the evaluation tasks: one list for every seed, or one list per seed (preferred: then
             the intervals cover the task distribution, not one draw of it).
         robot: the robot of the tasks.
@@ -444,7 +469,7 @@ def compare(
                 _check_policy(name, policy, sampler)
         inner_lrs = dict(inner_lrs or {})
         for name, lrs in inner_lrs.items():
-            if name not in policies or isinstance(policies[name][0], ContextPolicy):
+            if name not in policies or not isinstance(policies[name][0], GaussianMLPPolicy):
                 raise ValueError(f"inner_lrs: {name!r} is not a gradient-adapted method ({sorted(policies)})")
             expected = {n: tuple(p.shape) for n, p in policies[name][0].named_parameters()}
             if {n: tuple(t.shape) for n, t in lrs.items()} != expected:
@@ -456,8 +481,12 @@ def compare(
             for name, per_seed in policies.items():
                 bar.set_postfix(method=name)
                 step_sizes = inner_lrs.get(name, config.inner_lr)
-                curves = [_adaptation_curve(policy, sampler, seed_tasks, config, seed, bar, step_sizes)
-                          for policy, seed_tasks, seed in zip(per_seed, per_seed_tasks, config.seeds, strict=True)]
+                retrieved: list[list[str]] = [[] for _ in config.seeds]
+                curves = [_adaptation_curve(policy, sampler, seed_tasks, config, seed, bar, step_sizes, chosen)
+                          for policy, seed_tasks, seed, chosen in zip(per_seed, per_seed_tasks, config.seeds, retrieved,
+                                                                      strict=True)]
+                if isinstance(per_seed[0], SkillLibrary):
+                    result.retrieved[name] = retrieved
                 result.returns[name] = np.stack([returns for returns, _ in curves])
                 result.speeds[name] = np.stack([speeds for _, speeds in curves])
     finally:
