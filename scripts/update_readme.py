@@ -71,16 +71,33 @@ def adaptation_markdown(results: dict) -> str:
         if isinstance(source, str) and shipped is not None and shipped.is_file():
             source = str(shipped)  # the shipped file's own record (summed over resumes)
             checkpoint = load_checkpoint(shipped)
-            training = {"iterations": checkpoint.iteration, "budget": checkpoint.metadata.get("budget")}
+            budget = checkpoint.metadata.get("budget")
+            teacher = checkpoint.metadata.get("teacher", {}).get("budget")  # a context adapter's
+            training = {"iterations": checkpoint.iteration,
+                        "budget": {**budget, "teacher": teacher} if budget and teacher else budget}
         if training and training.get("budget"):
-            budget = training["budget"]
-            parts.append(f"{name}: `{Path(source).name}` ({training['iterations']} iterations, "
-                         f"{budget['env_steps'] / 1e6:.1f}M env steps, {budget['wall_time_s'] / 60:.0f} min)")
+            parts.append(f"{name}: `{Path(source).name}` ({training_line(training)})")
         else:
             parts.append(f"{name}: {', '.join(source) if isinstance(source, list) else Path(source).name}")
     head = (f"Family `{meta['family']}`, split `{meta['split']}`, task seed {meta['task_seed']}. "
             + "; ".join(parts) + ".")
     return head + "\n\n" + markdown_from_dict(results)
+
+
+def training_line(training: dict) -> str:
+    """"N iterations, X M env steps, Y min" of a method's training record, with a context adapter's
+    teacher and a skill library's retrieval accuracy where recorded."""
+    budget = training["budget"]
+    line = f"{training['iterations']} iterations, " if "iterations" in training else ""
+    line += f"{budget['env_steps'] / 1e6:.1f}M env steps, {budget['wall_time_s'] / 60:.0f} min"
+    if budget.get("teacher"):
+        teacher = budget["teacher"]
+        line += f"; its teacher {teacher['env_steps'] / 1e6:.1f}M env steps, {teacher['wall_time_s'] / 60:.0f} min"
+    accuracy = training.get("accuracy")
+    if accuracy:
+        line += (f"; retrieval accuracy on fresh tasks of the known kinds {accuracy['overall']:.0%} "
+                 f"(chance {accuracy['chance']:.0%})")
+    return line
 
 
 def sections(results_dir: Path = RESULTS) -> dict[str, tuple[str, Callable[[dict], str]]]:
