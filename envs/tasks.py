@@ -181,7 +181,8 @@ def privileged_names() -> tuple[str, ...]:
 
 
 def privileged_factors(task: Task) -> np.ndarray:
-    """The task's hidden factors as a float vector (`privileged_names`); never part of an observation.
+    """The task's hidden factors as a float vector (`privileged_names`); in `info`, and in the observation
+    only of envs made with `privileged_in_obs=True` (teachers).
 
     Disabled actuators are not included (their count varies by robot); a learner that needs them
     reads `task.physics.disabled_actuators`.

@@ -53,10 +53,14 @@ def main() -> None:
     base_path = args.base or SHIPPED / f"pretrained_{family.name}.pt"
     context_path = args.context or SHIPPED / f"context_{family.name}.pt"
     base = load_checkpoint(base_path, expected_robot=family.robot)
-    check_layout(base, "base")
+    height_scan = check_layout(base, "base")
     encoder = load_context_policy(context_path, family.name)
+    for field, path in (("base", base_path), ("context", context_path)):
+        trained_on = load_checkpoint(path).metadata.get("family")
+        if trained_on is not None and trained_on != family.name:
+            raise ValueError(f"{field}: {path} was trained on {trained_on!r}, not {family.name!r}")
     torch.set_num_threads(1)
-    library = build_library(base.policy, encoder, config)
+    library = build_library(base.policy, encoder, config, height_scan=height_scan)
     index = library.save(args.out, context_path, base_path)
     accuracy = library.records["accuracy"]
     print(json.dumps({"accuracy": accuracy, "budget": library.records["budget"]}, indent=1))

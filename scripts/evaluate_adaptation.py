@@ -115,6 +115,10 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"methods must not repeat, got {methods}")
     if "maml" in methods and args.checkpoint is None:
         raise ValueError("checkpoint: method 'maml' needs --checkpoint (a MAML initialisation)")
+    for flag, method in (("checkpoint", "maml"), ("context", "context"), ("pretrained", "pretrained"),
+                         ("library", "retrieval")):
+        if getattr(args, flag) is not None and method not in methods:
+            raise ValueError(f"{flag}: given, but method {method!r} is not in --methods {','.join(methods)}")
     if args.split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {args.split!r}")
     if args.tasks < 1:
@@ -130,8 +134,8 @@ def shipped(kind: str, family: TaskFamily | None) -> Path:
     """The family's shipped `<kind>_<family>.pt`, or a ValueError naming the flag to give instead."""
     path = SHIPPED / f"{kind}_{family.name}.pt" if family is not None else None
     if path is None or not path.is_file():
-        raise ValueError(f"{kind}: method {kind!r} needs --{kind} CHECKPOINT (no shipped {kind}_<family>.pt for "
-                         f"{family.name if family else 'these terrains'})")
+        where = f"for {family.name}" if family else "without --family"
+        raise ValueError(f"{kind}: method {kind!r} needs --{kind} CHECKPOINT (no shipped {kind}_<family>.pt {where})")
     return path
 
 

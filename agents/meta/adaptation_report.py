@@ -95,11 +95,16 @@ def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str
 
 
 def _experience(data: Mapping[str, Any]) -> str:
+    notes = ""
     by_experience = data.get("by_experience") or []
-    if not by_experience:
-        return ""
-    return (f" {', '.join(by_experience)}: no gradient step; its estimate follows each episode, and its step j is "
-            f"its j-th episode on the task, with the previous episode's history carried over.")
+    if by_experience:
+        notes += (f" {', '.join(by_experience)}: no gradient step; its estimate follows each episode, and its step j "
+                  f"is its j-th episode on the task, with the previous episode's history carried over.")
+    retrieved = list(data.get("retrieved") or {})
+    if retrieved:
+        notes += (f" {', '.join(retrieved)}: step 0 is its probe policy, step 1 each task's retrieved skill as it is, "
+                  f"step j its j - 1 policy-gradient steps on from there.")
+    return notes
 
 
 def _learned(data: Mapping[str, Any]) -> str:

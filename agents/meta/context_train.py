@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from agents.meta.context import ContextAdapter, ContextPolicy, history_windows
 from agents.meta.meta_train import iteration_seed
-from agents.runs.checkpoint import Checkpoint, load_checkpoint
+from agents.runs.checkpoint import Checkpoint, load_checkpoint, policy_sha256
 from agents.runs.config import config_to_dict
 from agents.runs.layout import check_layout, observation_layout
 from agents.runs.provenance import provenance, spent_budget, training_metadata
@@ -116,7 +116,8 @@ def _metadata(config: ContextConfig, teacher: Checkpoint, code: dict, wall_time_
                                  observation_layout(robot, scan, privileged_in_obs=True), wall_time_s, env_steps)
     metadata["privileged_names"] = list(privileged_names())
     metadata["deployed_observation"] = observation_layout(robot, scan)  # what the student sees
-    metadata["teacher"] = {"path": Path(config.teacher).name, "budget": teacher.metadata.get("budget", {})}
+    metadata["teacher"] = {"path": Path(config.teacher).name, "budget": teacher.metadata.get("budget", {}),
+                           "policy_sha256": policy_sha256(teacher.policy)}
     return metadata
 
 
@@ -155,7 +156,7 @@ def fit_iteration(student: ContextPolicy, optimizer: torch.optim.Optimizer, samp
     return {
         "step": iteration + 1,
         "return_mean": float(torch.cat([e.total_returns() for e in episodes]).mean()),
-        "loss_first": losses[0],  # before this iteration's fit: on the iteration's fresh episodes
+        "loss_first": losses[0],  # the first minibatch's, before this iteration's fit (fresh episodes)
         "loss_last": losses[-1],
         "target_variance": float(targets_all.var(dim=0).mean()),  # the loss of always guessing the mean
         "env_steps": sampled,
@@ -182,6 +183,9 @@ def train_context(config: ContextConfig, run: RunDir, progress: bool = True) -> 
     resume_from = latest_checkpoint(run) if run.resumed else None
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot)
+        if checkpoint.metadata.get("teacher", {}).get("policy_sha256") != policy_sha256(teacher.policy):
+            raise ValueError(f"teacher: {config.teacher} holds other parameters than the teacher this run started "
+                             "with (the adapter regresses that teacher's embedding); restore it or start afresh")
         adapter.load_state_dict(checkpoint.extra_state["adapter"])
         optimizer.load_state_dict(checkpoint.optimizer_state)
         start = checkpoint.iteration

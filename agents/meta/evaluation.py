@@ -400,7 +400,8 @@ def _adaptation_curve(policy: MethodPolicy, sampler: Sampler, tasks: Sequence[Ta
         speeds[:, step] = [float((e.info["distance"] / (e.mask.sum(0) * sampler.dt)).mean()) for e in episodes]
         if library is not None and step == 0:
             chosen = [library.skills[i] for i in library.nearest(embed_episodes(library.encoder, episodes))]
-            retrieved.extend(skill.name for skill in chosen)
+            if retrieved is not None:
+                retrieved.extend(skill.name for skill in chosen)
             params = [{name: p.detach() for name, p in skill.policy.named_parameters()} for skill in chosen]
         elif step < config.steps:
             params = [

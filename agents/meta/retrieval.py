@@ -141,6 +141,9 @@ def load_library(folder: PathLike, family: str | None = None) -> SkillLibrary:
     for entry in index["skills"]:
         checkpoint = load_checkpoint(folder / entry["file"], expected_robot=index["robot"],
                                      expected_obs_dim=probe.obs_dim, expected_act_dim=probe.act_dim)
+        if checkpoint.policy.hidden_sizes != probe.policy.hidden_sizes:
+            raise ValueError(f"library: {entry['file']} has hidden sizes {checkpoint.policy.hidden_sizes}, the probe "
+                             f"{probe.policy.hidden_sizes} (a skill is adapted through the probe's network)")
         if policy_sha256(checkpoint.policy) != entry["policy_sha256"]:
             raise ValueError(f"library: {entry['file']} holds other parameters than the skill keyed in {LIBRARY_FILE}")
         skills.append(Skill(entry["name"], checkpoint.policy, np.asarray(entry["key"], dtype=np.float32),

@@ -78,14 +78,15 @@ def probe_embeddings(probe: GaussianMLPPolicy, encoder: ContextPolicy, sampler: 
 
 
 def build_library(base: GaussianMLPPolicy, encoder: ContextPolicy, config: SkillBuildConfig,
-                  progress: bool = True) -> SkillLibrary:
+                  progress: bool = True, height_scan: bool = False) -> SkillLibrary:
     """Train, key and check one skill per training kind of the family; returns the library (with
-    its records: settings, per-skill training returns, retrieval accuracy, budget)."""
+    its records: settings, per-skill training returns, retrieval accuracy, budget). `height_scan`:
+    whether the base policy (and so the adapter) observes the terrain heights ahead."""
     family = get_family(config.family)
     if (encoder.obs_dim, encoder.act_dim) != (base.obs_dim, base.act_dim):
         raise ValueError(f"context: its student observes {encoder.obs_dim} numbers, the base policy {base.obs_dim}")
     started = time.perf_counter()
-    sampler = Sampler(family.robot, config.horizon, num_threads=config.num_threads)
+    sampler = Sampler(family.robot, config.horizon, height_scan=height_scan, num_threads=config.num_threads)
     skills, training = [], {}
     try:
         kinds = train_kinds(config.family)

@@ -145,3 +145,21 @@ def test_the_evaluation_script_compares_the_context_adapter_with_baselines(tmp_p
     assert data["metadata"]["sources"]["context"] == str(context)
     assert data["metadata"]["training"]["context"]["budget"]["teacher"]["env_steps"] == 40
     assert "no gradient step" in (tmp_path / "eval" / "table.md").read_text()
+
+
+def test_resuming_with_a_changed_teacher_is_refused(tmp_path, teacher_path):
+    import shutil
+
+    from agents.runs.checkpoint import load_checkpoint, save_checkpoint
+
+    teacher = tmp_path / "teacher.pt"
+    shutil.copyfile(teacher_path, teacher)
+    half = ContextConfig(teacher=str(teacher), iterations=1, **TINY)
+    train_context(half, run_dir(tmp_path / "run", half), progress=False)
+    checkpoint = load_checkpoint(teacher)
+    with torch.no_grad():
+        checkpoint.policy.log_std.add_(0.1)
+    save_checkpoint(teacher, policy=checkpoint.policy, robot="cheetah", metadata=checkpoint.metadata)
+    full = ContextConfig(teacher=str(teacher), iterations=2, **TINY)
+    with pytest.raises(ValueError, match="other parameters than the teacher"):
+        train_context(full, run_dir(tmp_path / "run", full, resume=True), progress=False)
