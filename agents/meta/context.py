@@ -18,7 +18,7 @@ in what the policy may see.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -104,6 +104,29 @@ class ContextAdapter(nn.Module):
         scaled = (windows[..., :-1] - self.input_mean) / self.input_std * real  # empty slots stay 0
         return self.net(torch.cat([scaled, real], dim=-1).flatten(-2))
 
+    def numpy_forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        """`forward` as a numpy function of float32 windows [n, history, transition_size], for the
+        sampler's per-step call: numpy's result for a row does not depend on the process's thread
+        settings or the other rows, so a Ray actor acts exactly as the local sampler (torch's
+        float32 matmul does not promise that). Agrees with `forward` to float32 rounding (tested)."""
+        with torch.no_grad():
+            mean, std = self.input_mean.numpy().copy(), self.input_std.numpy().copy()
+            layers = [(layer.weight.numpy().T.copy(), layer.bias.numpy().copy())
+                      for layer in self.net if isinstance(layer, nn.Linear)]
+        last = len(layers) - 1
+
+        def forward(windows: np.ndarray) -> np.ndarray:
+            real = windows[..., -1:]
+            x = np.concatenate([(windows[..., :-1] - mean) / std * real, real], axis=-1)
+            x = x.reshape(len(windows), -1)
+            for index, (weight_t, bias) in enumerate(layers):
+                x = x @ weight_t + bias
+                if index < last:
+                    x = np.where(x > 0, x, np.expm1(np.minimum(x, 0)))  # ELU
+            return x
+
+        return forward
+
     def config(self) -> dict:
         """Constructor arguments (what a checkpoint needs to rebuild it)."""
         return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "history": self.history,
@@ -164,26 +187,37 @@ class ContextPolicy(nn.Module):
         return ContinuedContext(self, last_windows(episodes, self.adapter.history))
 
     def step_function(self, windows: torch.Tensor) -> StepMean:
-        """A step function that starts from `windows` [n_envs, history, transition_size] (changed in place).
+        """A step function that starts from `windows` [n_envs, history, transition_size].
 
         It keeps the last `history` transitions of each env, as `history_windows` builds them
-        from the sampled episodes, so what the sampler acts with equals what training sees.
+        from the sampled episodes, so what the sampler acts with equals what training sees (to
+        float32 rounding: the step runs in numpy, `ContextAdapter.numpy_forward`).
         """
-        n_envs = len(windows)
-        previous: list[torch.Tensor] = []
+        memory = windows.numpy().astype(np.float32, copy=True)
+        n_envs = len(memory)
+        adapter = self.adapter.numpy_forward()
+        with torch.no_grad():
+            first = self.teacher.mean_net[0]
+            first_t, first_bias = first.weight[:, :self.obs_dim].numpy().T.copy(), first.bias.numpy().copy()
+            rest = [(layer.weight.numpy().T.copy(), layer.bias.numpy().copy())
+                    for layer in list(self.teacher.mean_net)[2:] if isinstance(layer, nn.Linear)]
+        previous: list[np.ndarray] = []
+        ones = np.ones((n_envs, 1), dtype=np.float32)
 
         def step(observations: np.ndarray, previous_actions: np.ndarray) -> np.ndarray:
-            obs = torch.from_numpy(np.asarray(observations, dtype=np.float32))
-            with torch.no_grad():
-                if previous:
-                    windows[:, :-1] = windows[:, 1:].clone()
-                    windows[:, -1] = torch.cat([previous[0], torch.from_numpy(np.asarray(previous_actions,
-                                                                                         dtype=np.float32)),
-                                                obs, torch.ones(n_envs, 1)], dim=-1)
-                    previous[0] = obs.clone()
-                else:
-                    previous.append(obs.clone())
-                return self.mean_from_windows(obs, windows).numpy()
+            obs = np.asarray(observations, dtype=np.float32)
+            if previous:
+                memory[:, :-1] = memory[:, 1:].copy()
+                memory[:, -1] = np.concatenate([previous[0], previous_actions, obs, ones], axis=-1)
+                previous[0] = obs.copy()
+            else:
+                previous.append(obs.copy())
+            x = np.tanh(obs @ first_t + first_bias + adapter(memory))
+            for index, (weight_t, bias) in enumerate(rest):
+                x = x @ weight_t + bias
+                if index < len(rest) - 1:
+                    np.tanh(x, out=x)
+            return x
 
         return step
 

@@ -145,3 +145,13 @@ def test_the_evaluation_gives_a_context_policy_its_previous_episodes_as_experien
     finally:
         sampler.close()
     np.testing.assert_allclose(result.returns["context"][0], np.array(expected).T, rtol=1e-6)
+
+
+def test_the_adapters_numpy_forward_agrees_with_torch():
+    student = make_student(history=4)
+    windows = torch.randn(5, 4, transition_size(student.obs_dim, student.act_dim))
+    windows[..., -1] = (torch.rand(5, 4) > 0.3).float()
+    student.adapter.set_normalizer(windows)
+    with torch.no_grad():
+        expected = student.adapter(windows).numpy()
+    np.testing.assert_allclose(student.adapter.numpy_forward()(windows.numpy()), expected, rtol=1e-5, atol=1e-5)

@@ -118,15 +118,24 @@ def test_ray_actors_sample_the_local_samplers_episodes(local_ray) -> None:
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(local.obs_dim, local.act_dim, (16,))
     per_task = [{name: p + 0.01 * i for name, p in policy.parameters_dict().items()} for i in range(3)]
+    # A memory actor (the context adapter's student) travels to the actors too, and so does its carried history.
+    from agents.meta.context import ContextAdapter, ContextPolicy
+    from envs.tasks import privileged_names
+
+    n_privileged = len(privileged_names())
+    teacher = GaussianMLPPolicy(local.obs_dim + n_privileged, local.act_dim, (16,))
+    student = ContextPolicy(teacher, ContextAdapter(local.obs_dim, local.act_dim, 3, 16, (8,)), n_privileged)
+    continued = student.continued(local.sample(student, tasks, 4, seed=3))
     remote = RaySampler("cheetah", 40)
     try:
-        for options in ({}, {"params": per_task}, {"deterministic": True}):
-            ours, theirs = local.sample(policy, tasks, 4, seed=7, **options), remote.sample(policy, tasks, 4, seed=7,
-                                                                                           **options)
+        for actor, options in ((policy, {}), (policy, {"params": per_task}), (policy, {"deterministic": True}),
+                               (student, {}), (continued, {})):
+            ours, theirs = local.sample(actor, tasks, 4, seed=7, **options), remote.sample(actor, tasks, 4, seed=7,
+                                                                                          **options)
             for a, b in zip(ours, theirs, strict=True):
                 for field in ("observations", "actions", "rewards", "mask", "terminated"):
                     assert torch.equal(getattr(a, field), getattr(b, field)), (options, field)
-        assert remote.env_steps == local.env_steps
+        assert remote.env_steps == local.env_steps - 3 * 4 * 40  # the local one also sampled the carried history
         assert remote.round_trip_seconds(calls=5) > 0
     finally:
         remote.close()
