@@ -71,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="checkpoint of the multi-task pretrained baseline (default: the family's shipped one)")
     parser.add_argument("--library", type=Path,
                         help="skill library folder (scripts/build_skills.py; default: assets/skills/<family>)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="NAME=CHECKPOINT",
+                        help="more policies to compare, adapted with the same gradient steps (e.g. fixed skills as a "
+                             "control for retrieval); they follow --methods in the tables")
     parser.add_argument("--out", type=Path, required=True, help="folder for the tables, figure and results.json")
     parser.add_argument("--family", help="task family (default: the first checkpoint's metadata 'family')")
     parser.add_argument("--split", default="test", help="family split to draw tasks from: test (held out) or train")
@@ -102,8 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_arguments(args: argparse.Namespace) -> list[str]:
-    """The methods asked for, after checking every plain argument (one ValueError naming the field)."""
+def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict[str, Path]]:
+    """The methods asked for and the extra policies (`--also`), after checking every plain argument
+    (one ValueError naming the field)."""
     if args.torch_threads < 1:
         raise ValueError(f"torch_threads must be >= 1, got {args.torch_threads}")
     check_backend(args.backend, args.ray_address)
@@ -127,7 +131,13 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"task_seed and random_seed must be >= 0, got {args.task_seed}, {args.random_seed}")
     if args.terrains:
         parse_terrain_tasks(args.terrains)  # each KIND:DIFFICULTY checked now; drawn per seed later
-    return methods
+    also: dict[str, Path] = {}
+    for item in args.also:
+        name, _, path = item.partition("=")
+        if not name or not path or name in METHODS or name in also:
+            raise ValueError(f"also: each must be NAME=CHECKPOINT with a new name (not {list(METHODS)}), got {item!r}")
+        also[name] = Path(path)
+    return methods, also
 
 
 def shipped(kind: str, family: TaskFamily | None) -> Path:
@@ -143,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Validate everything, build the methods, evaluate them and write the outputs; returns name -> path."""
     args = parse_args(argv)
     check_writable(args.out, "out")  # before any work
-    names = check_arguments(args)
+    names, also = check_arguments(args)
     config = AdaptationConfig(steps=args.steps, inner_lr=args.inner_lr, episodes_per_task=args.episodes,
                               horizon=args.horizon, seeds=tuple(args.seeds), num_threads=args.num_threads)
     family = get_family(args.family) if args.family is not None else None
@@ -152,14 +162,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     loaded: dict[str, Checkpoint] = {}
     policies: dict[str, Any] = {}
     sources: dict[str, Any] = {}
-    for name in ("maml", "context", "pretrained"):
-        if name not in names:
-            continue
-        path = args.checkpoint if name == "maml" else getattr(args, name)
+    wanted = [(name, args.checkpoint if name == "maml" else getattr(args, name))
+              for name in ("maml", "context", "pretrained") if name in names] + list(also.items())
+    for name, path in wanted:
         if path is None:
             path = shipped(name, family)
         checkpoint = load_checkpoint(path, expected_robot=family.robot if family else None)
-        field = "checkpoint" if name == "maml" else name
+        field = "checkpoint" if name == "maml" else name if name in METHODS else f"also {name}"
         trained_on = checkpoint.metadata.get("family")
         if family is None and trained_on is not None:
             family = get_family(trained_on)
@@ -219,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         sources["random"] = [f"random_init(seed={args.random_seed + s})" for s in seeds]
 
     torch.set_num_threads(args.torch_threads)
-    methods = {name: policies[name] for name in names}
+    methods = {name: policies[name] for name in [*names, *also]}
     sampler = None
     if args.backend == "ray":
         from agents.runs.ray_sampler import RaySampler  # only with the optional extra

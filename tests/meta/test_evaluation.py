@@ -200,6 +200,8 @@ def test_cli_rejects_bad_input_before_simulating(tmp_path: Path, load_script) ->
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--methods", "maml,oracle"], "methods"),
         (["--family", "cheetah_velocity", "--methods", "maml,random"], "checkpoint"),
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--methods", "maml,maml"], "repeat"),
+        (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--also", f"maml={cheetah}"], "also"),
+        (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--also", f"x={quadruped}"], "quadruped"),
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--methods", "maml,random", "--library",
           str(tmp_path)], "library: given, but method 'retrieval'"),
         (["--checkpoint", str(cheetah), "--family", "cheetah_velocity", "--pretrained", str(quadruped),

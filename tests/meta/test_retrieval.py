@@ -151,8 +151,10 @@ def test_the_evaluation_script_runs_retrieval_from_a_library_folder(tmp_path, fi
     with pytest.raises(ValueError, match="library: no library.json"):
         cli.main(["--methods", "retrieval", "--library", str(tmp_path), "--out", str(tmp_path / "no"), *common])
     cli.main(["--methods", "retrieval,pretrained", "--library", str(tmp_path / "lib"), "--pretrained",
-              str(files["base"]), "--out", str(tmp_path / "eval"), *common])
+              str(files["base"]), "--also", f"flat={tmp_path / 'lib' / 'skill_flat.pt'}", "--out",
+              str(tmp_path / "eval"), *common])
     data = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert data["methods"] == ["retrieval", "pretrained"]
+    assert data["methods"] == ["retrieval", "pretrained", "flat"]  # a fixed skill: the control for retrieval
+    assert data["metadata"]["sources"]["flat"].endswith("skill_flat.pt")
     assert len(data["retrieved"]["retrieval"][0]) == 2
     assert data["metadata"]["training"]["retrieval"]["accuracy"]["chance"] == pytest.approx(0.2)
