@@ -52,6 +52,9 @@ def main() -> None:
                               num_threads=args.num_threads)
     base_path = args.base or SHIPPED / f"pretrained_{family.name}.pt"
     context_path = args.context or SHIPPED / f"context_{family.name}.pt"
+    for field, path, flag in (("base", base_path, "--base"), ("context", context_path, "--context")):
+        if not path.is_file():
+            raise ValueError(f"{field}: no checkpoint at {path} (give {flag} CHECKPOINT)")
     base = load_checkpoint(base_path, expected_robot=family.robot)
     height_scan = check_layout(base, "base")
     encoder = load_context_policy(context_path, family.name)
