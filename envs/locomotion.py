@@ -16,7 +16,7 @@ import mujoco
 import numpy as np
 
 from envs.physics import PhysicsDefaults, apply_physics, check_physics
-from envs.readout import Readout, goal_arrays
+from envs.readout import Readout, clip, goal_arrays
 from envs.render import FrameRenderer
 from envs.robots import RobotSpec, get_robot
 from envs.tasks import Task, TaskDistribution, get_family, privileged_factors
@@ -324,7 +324,7 @@ class LocomotionEnv(gym.Env):
 
 def clip_action(action: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Actions [B, nu] or [nu] clipped to the actuators' control range (into `out` if given)."""
-    return np.minimum(np.maximum(action, low, out=out), high, out=out)
+    return clip(action, low, high, out=out)
 
 
 def simulate(model: mujoco.MjModel, data: mujoco.MjData, frame_skip: int, bad_warnings: np.ndarray) -> bool:
