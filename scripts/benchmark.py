@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -252,8 +253,9 @@ def bench_meta_iteration(quick: bool, repeats: int) -> dict:
     for _ in range(repeats):
         for mode in META_MODES:
             samples[mode].append(one_iteration(mode))
-    config, _ = make({})
+    config, learner = make({})
     result: dict = {"tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task,
+                    "horizon": config.horizon,
                     "env_steps": 2 * config.meta_batch_size * config.episodes_per_task * config.horizon,
                     "repeats": repeats, "modes": {}}
     for mode, runs in samples.items():
@@ -265,7 +267,59 @@ def bench_meta_iteration(quick: bool, repeats: int) -> dict:
         row["speedup_over_reference"] = statistics.median(speedups)
         row["speedup_range"] = [min(speedups), max(speedups)]
         result["modes"][mode] = row
+    layer_sizes = [learner.policy.obs_dim, *config.hidden_sizes, learner.policy.act_dim]
+    result["exact_update_floor"] = exact_update_floor(result, layer_sizes, config.maml_config().cg_iters)
     return result
+
+
+def product_multiply_adds(layer_sizes: list[int], train_steps: int, valid_steps: int) -> int:
+    """Matrix multiply-adds of one exact Fisher-vector product of the MAML-TRPO update (one inner
+    step), for an MLP policy with `layer_sizes` (input, hidden..., output): `A^T G A v`, with
+    `A = I - lr * H_train` a Hessian-vector product on the train steps (a tangent forward, then the
+    tangent of the backward), applied twice, and `G = J^T M J` a tangent forward and a backward on
+    the valid steps at the adapted parameters. The first layer's input has no tangent."""
+    weights = [a * b for a, b in itertools.pairwise(layer_sizes)]
+    first, rest = weights[0], sum(weights[1:])
+    tangent_forward = first + 2 * rest
+    hessian_vector = tangent_forward + 2 * rest + 2 * rest + first  # + tangents of input and weight grads
+    backward = rest + first + rest  # input grads past layer one, weight grads of every layer
+    return train_steps * 2 * hessian_vector + valid_steps * (tangent_forward + backward)
+
+
+def matmul_rate(layer_sizes: list[int], tasks: int, rows: int, repeats: int) -> float:
+    """The fastest multiply-adds per second of the policy's layers as batched matrix products over
+    `tasks` x `rows` inputs (the update's shapes), on every core, best of `repeats`."""
+    import torch
+
+    from agents.meta.meta_train import torch_threads
+
+    with torch_threads(None):
+        inputs = [torch.randn(tasks, rows, a) for a in layer_sizes[:-1]]
+        weights = [torch.randn(tasks, a, b) for a, b in itertools.pairwise(layer_sizes)]
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for x, w in zip(inputs, weights, strict=True):
+                torch.bmm(x, w)
+            best = min(best, time.perf_counter() - start)
+    return tasks * rows * sum(w.shape[1] * w.shape[2] for w in weights) / best
+
+
+def exact_update_floor(meta: dict, layer_sizes: list[int], cg_iters: int) -> dict:
+    """The least time the default update's conjugate gradient can take on this machine (its products'
+    multiply-adds at the fastest matrix-product rate, elementwise work free), and what it implies
+    with the default mode's measured sampling: the least share of an iteration the exact update can
+    have and the most speed-up over the reference it allows."""
+    steps = meta["tasks"] * meta["episodes_per_task"] * meta["horizon"]
+    macs = product_multiply_adds(layer_sizes, steps, steps)
+    rate = matmul_rate(layer_sizes, meta["tasks"], meta["episodes_per_task"] * meta["horizon"], 20)
+    cg_s = cg_iters * macs / rate
+    default = meta["modes"]["default"]
+    rest_s = sum(default[f"{part}_s"] for part in ("simulation", "policy_forward", "other_sampling", "adaptation"))
+    return {"layer_sizes": layer_sizes, "cg_iters": cg_iters, "product_multiply_adds": macs,
+            "matmul_multiply_adds_per_s": rate, "cg_floor_s": cg_s, "default_outside_update_s": rest_s,
+            "update_share_floor": cg_s / (rest_s + cg_s),
+            "speedup_ceiling": meta["modes"]["reference"]["wall_s"] / (rest_s + cg_s)}
 
 
 def bench_meta_peak_memory(quick: bool, mode: str) -> float:
@@ -383,6 +437,16 @@ def to_markdown(results: dict, level: int = 1) -> str:
                                 ("simulation", "policy_forward", "other_sampling", "adaptation", "outer_update"))
             lines.append(f"| {mode} | {row['wall_s']:.2f} ({low:.2f}-{high:.2f}) | "
                          f"{row['speedup_over_reference']:.2f}x ({slow:.2f}-{shigh:.2f}) | {shares} |")
+        if "exact_update_floor" in meta:
+            floor = meta["exact_update_floor"]
+            lines += ["", f"The exact update's floor here: each Fisher-vector product needs "
+                      f"{floor['product_multiply_adds'] / 1e9:.2f} G multiply-adds (policy "
+                      f"{'-'.join(map(str, floor['layer_sizes']))}), and batched matrix products of those shapes "
+                      f"reach {floor['matmul_multiply_adds_per_s'] / 1e9:.0f} G per second on every core, so CG's "
+                      f"{floor['cg_iters']} products take at least {floor['cg_floor_s']:.2f} s with all elementwise "
+                      f"work free. With the default's {floor['default_outside_update_s']:.2f} s outside the update, "
+                      f"the exact update is at least {floor['update_share_floor']:.0%} of an iteration and the "
+                      f"iteration at most {floor['speedup_ceiling']:.2f}x the reference."]
         lines += ["", "Peak resident memory of a process running two meta-iterations: "
                   + ", ".join(f"{mode} {peak:.0f} MiB" for mode, peak in meta["peak_mb"].items()) + "."]
     if results.get("memory"):
