@@ -44,6 +44,22 @@ class TaskBatch:
         return TaskBatch([strided(e) for e in self.train], strided(self.valid),
                          [a[:, ::k] for a in self.train_advantages], self.valid_advantages[:, ::k])
 
+    def tasks(self, start: int, stop: int) -> TaskBatch:
+        """Tasks `start` to `stop - 1` (views)."""
+        def part(e: Episodes) -> Episodes:
+            return Episodes(e.observations[start:stop], e.actions[start:stop], e.rewards[start:stop],
+                            e.mask[start:stop], e.terminated[start:stop])
+
+        return TaskBatch([part(e) for e in self.train], part(self.valid),
+                         [a[start:stop] for a in self.train_advantages], self.valid_advantages[start:stop])
+
+    def chunks(self, max_steps: int) -> list[TaskBatch]:
+        """Consecutive groups of tasks, each with at most `max_steps` (padded) valid steps, or one
+        task where a task alone has more."""
+        per_task = int(self.valid.mask[0].numel())
+        size = max(1, max_steps // max(per_task, 1))
+        return [self.tasks(start, min(start + size, self.num_tasks)) for start in range(0, self.num_tasks, size)]
+
     def task(self, i: int) -> tuple[list[Episodes], Episodes, list[torch.Tensor], torch.Tensor]:
         """Task i's (padded) train episode sets, valid episodes and their advantages."""
         return [_episodes_at(e, i) for e in self.train], _episodes_at(self.valid, i), \

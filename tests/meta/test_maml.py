@@ -17,7 +17,14 @@ from agents.meta.inner import (
     masked_mean,
     surrogate_weights,
 )
-from agents.meta.maml import MAMLTRPO, MAMLConfig, kl_curvature_outputs, outer_objective, outer_objective_per_task
+from agents.meta.maml import (
+    MAMLTRPO,
+    MAMLConfig,
+    chunked_fisher_product,
+    kl_curvature_outputs,
+    outer_objective,
+    outer_objective_per_task,
+)
 from agents.meta.returns import baseline_advantages
 from agents.meta.task_batch import prepare_tasks
 from agents.meta.trpo import flatten_params, gauss_newton_vector_product, hessian_vector_product, unflatten_params
@@ -295,6 +302,19 @@ def test_kl_curvature_gives_the_hessian_of_the_outer_kl() -> None:
         gauss_newton = gauss_newton_vector_product(
             lambda p, fo=first_order: kl_curvature_outputs(policy, p, tasks, INNER_LR, 2, fo), theta)
         torch.testing.assert_close(gauss_newton(v), hessian(v), rtol=1e-9, atol=1e-12)
+
+
+def test_fisher_in_chunks_of_tasks_equals_the_whole_product() -> None:
+    policy = make_policy()
+    tasks = prepare_tasks(make_tasks(policy, goals=(1.0, -1.0, 0.5, 2.0, -0.3)))
+    theta = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    v = torch.randn(flatten_params(theta).numel(), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    whole = gauss_newton_vector_product(lambda p: kl_curvature_outputs(policy, p, tasks, INNER_LR), theta, 0.1)
+    per_task = tasks.valid.mask[0].numel()
+    assert [c.num_tasks for c in tasks.chunks(2 * per_task)] == [2, 2, 1]  # uneven chunks, weighted by size
+    for max_steps in (2 * per_task, 1, 10**9):
+        chunked = chunked_fisher_product(policy, theta, tasks, INNER_LR, damping=0.1, max_steps=max_steps)
+        torch.testing.assert_close(chunked(v), whole(v), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("fisher_every", [1, 2])
