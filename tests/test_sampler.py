@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import agents.sampler
 from agents.policy import GaussianMLPPolicy
-from agents.sampler import SHARDS, Sampler, plan_shards
+from agents.sampler import SHARDS, Sampler, plan_shards, waves
 from envs.locomotion import LocomotionEnv
 from envs.tasks import Goal, Task, Terrain
 
@@ -108,3 +109,16 @@ def test_episodes_do_not_depend_on_the_thread_count(policy: GaussianMLPPolicy) -
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
             assert torch.equal(a.rewards, b.rewards) and torch.equal(a.mask, b.mask)
+
+
+def test_waves_of_tasks_collect_the_same_episodes(monkeypatch, policy: GaussianMLPPolicy) -> None:
+    tasks = [*TASKS, Task(Terrain("hills", 0.3, 2))]
+    adapted = [{name: p.detach() + 0.01 * i for name, p in policy.named_parameters()} for i in range(len(tasks))]
+    sampler = Sampler("cheetah", horizon=25, num_threads=2)
+    at_once = sampler.sample(policy, tasks, 3, params=adapted, seed=3)
+    monkeypatch.setattr(agents.sampler, "WAVE_ENVS", 4)  # one task (3 envs) a wave
+    assert waves(len(tasks), 3) == [range(0, 1), range(1, 2), range(2, 3)]
+    in_waves = sampler.sample(policy, tasks, 3, params=adapted, seed=3)
+    for a, b in zip(at_once, in_waves, strict=True):
+        assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
+        assert torch.equal(a.rewards, b.rewards) and torch.equal(a.mask, b.mask)
