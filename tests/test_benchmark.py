@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch.func import grad, jvp
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,7 +23,7 @@ def test_product_count_matches_autodiff_minus_the_input_tangent(load_script) -> 
     bench = load_script("benchmark")
     sizes, rows = [5, 7, 3, 2], 11
     x = torch.randn(rows, sizes[0])
-    params = {f"w{i}": torch.randn(b, a) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False))}
+    params = {f"w{i}": torch.randn(b, a) for i, (a, b) in enumerate(itertools.pairwise(sizes))}
     tangent = {name: torch.randn_like(p) for name, p in params.items()}
 
     def network(p):
