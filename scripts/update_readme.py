@@ -102,12 +102,14 @@ def training_line(training: dict) -> str:
 
 def sections(results_dir: Path = RESULTS) -> dict[str, tuple[str, Callable[[dict], str]]]:
     """`SECTIONS` plus one per `adaptation_<name>.json` and `comparison_<name>.json` in `results_dir`, and
-    the thesis study's `thesis.json` if there (every result shipped there must be shown)."""
+    the thesis study's `thesis.json` and its check `thesis_check.json` if there (every result shipped
+    there must be shown)."""
     found = {path.stem: (path.name, adaptation_markdown) for path in sorted(results_dir.glob("adaptation_*.json"))}
     found |= {path.stem: (path.name, lambda r: comparison_markdown(r, r["label_a"], r["label_b"]))
               for path in sorted(results_dir.glob("comparison_*.json"))}
-    if (results_dir / "thesis.json").is_file():
-        found["thesis"] = ("thesis.json", lambda results: study_markdown(results, level=3))
+    for stem in ("thesis", "thesis_check"):  # the study, and its check on other seeds
+        if (results_dir / f"{stem}.json").is_file():
+            found[stem] = (f"{stem}.json", lambda results: study_markdown(results, level=3))
     return {**SECTIONS, **found}
 
 
