@@ -188,27 +188,19 @@ FISHER_CHUNK_STEPS = 40_000
 
 
 def chunked_fisher_product(
-    policy: GaussianMLPPolicy,
+    curvature_outputs: Callable[[Params, TaskBatch], Sequence[tuple[torch.Tensor, torch.Tensor]]],
     params: Mapping[str, torch.Tensor],
     tasks: TaskBatch,
-    inner_lr: InnerLR,
-    num_steps: int = 1,
-    first_order: bool = False,
-    estimator: str = "score",
     damping: float = 0.0,
     max_steps: int = FISHER_CHUNK_STEPS,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`v -> (F + damping * I) v`, F the Hessian of the outer KL (`kl_curvature_outputs`) over all
-    tasks, computed in chunks of tasks (`TaskBatch.chunks`): the KL is a mean over tasks, so F is
-    the chunks' own matrices weighted by their share of the tasks."""
+    """`v -> (F + damping * I) v`, F the Gauss-Newton matrix of `curvature_outputs(params, tasks)`
+    (`kl_curvature_outputs`: the outer KL's Hessian), computed in chunks of tasks
+    (`TaskBatch.chunks`): the KL is a mean over tasks, so F is the chunks' own matrices weighted by
+    their share of the tasks."""
     chunks = tasks.chunks(max_steps)
-    products = [
-        gauss_newton_vector_product(
-            lambda p, chunk=chunk: kl_curvature_outputs(policy, p, chunk, inner_lr, num_steps, first_order, estimator),
-            params,
-        )
-        for chunk in chunks
-    ]
+    products = [gauss_newton_vector_product(lambda p, chunk=chunk: curvature_outputs(p, chunk), params)
+                for chunk in chunks]
     weights = [chunk.num_tasks / tasks.num_tasks for chunk in chunks]
 
     def product(v: torch.Tensor) -> torch.Tensor:
@@ -445,8 +437,13 @@ class MAMLTRPO:
             fvp = hessian_vector_product(lambda p: self._objective(p, fisher_data, cfg.first_order).kl, params,
                                          cfg.cg_damping)
         else:
-            fvp = chunked_fisher_product(self.policy, params, fisher_data, cfg.inner_lr, cfg.num_inner_steps,
-                                         cfg.first_order, cfg.inner_estimator, cfg.cg_damping)
+            fvp = chunked_fisher_product(
+                lambda p, chunk: kl_curvature_outputs(self.policy, p, chunk, cfg.inner_lr, cfg.num_inner_steps,
+                                                      cfg.first_order, cfg.inner_estimator),
+                params,
+                fisher_data,
+                cfg.cg_damping,
+            )
         step_dir, fisher_step = conjugate_gradient(fvp, flat_grad, iters=cfg.cg_iters)
         # Quadratic model of the KL along the step: 0.5 s^T F s; scale it to reach max_kl.
         shs = 0.5 * (step_dir @ fisher_step).item()

@@ -313,7 +313,8 @@ def test_fisher_in_chunks_of_tasks_equals_the_whole_product() -> None:
     per_task = tasks.valid.mask[0].numel()
     assert [c.num_tasks for c in tasks.chunks(2 * per_task)] == [2, 2, 1]  # uneven chunks, weighted by size
     for max_steps in (2 * per_task, 1, 10**9):
-        chunked = chunked_fisher_product(policy, theta, tasks, INNER_LR, damping=0.1, max_steps=max_steps)
+        chunked = chunked_fisher_product(lambda p, chunk: kl_curvature_outputs(policy, p, chunk, INNER_LR), theta,
+                                         tasks, damping=0.1, max_steps=max_steps)
         torch.testing.assert_close(chunked(v), whole(v), rtol=1e-12, atol=1e-12)
 
 
