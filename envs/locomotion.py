@@ -211,6 +211,8 @@ class LocomotionEnv(gym.Env):
         heading, target, goal_obs = goal_arrays(task.goal.target_velocity, task.goal.direction)
         self._heading, self._extras = heading, self.readout.extras(goal_obs, self._privileged)
         self._target = None if math.isnan(target) else np.float64(target)
+        weight = task.goal.ctrl_cost_weight
+        self._ctrl_weight = None if weight is None else np.float64(weight)
         self._step_heights = None if flat else heights
         if self._renderer is not None:
             self._renderer.upload_heightfield()
@@ -254,7 +256,7 @@ class LocomotionEnv(gym.Env):
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task,
                                            "privileged": self._privileged.copy()}
         out = self.readout.step(xy_before, qpos, qvel, action, self._step_heights, self._heading,
-                                self._target, self._extras)
+                                self._target, self._extras, self._ctrl_weight)
         truncated = bool(out.truncated)
         info = {
             "x_position": float(qpos[0]),

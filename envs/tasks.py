@@ -90,15 +90,20 @@ class Goal:
             (the velocity itself) instead of tracking.
         direction: heading of "forward" in radians in the ground plane, in [-pi, pi]
             (planar robots: 0 or pi only).
+        ctrl_cost_weight: weight of the squared-action penalty in [0, 10]; None: the robot's own
+            (`envs.robots.RobotSpec.ctrl_cost_weight`).
     """
 
     target_velocity: float | None = None
     direction: float = 0.0
+    ctrl_cost_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.target_velocity is not None:
             _check_range("goal.target_velocity", self.target_velocity, -10.0, 10.0)
         _check_range("goal.direction", self.direction, -math.pi, math.pi)
+        if self.ctrl_cost_weight is not None:
+            _check_range("goal.ctrl_cost_weight", self.ctrl_cost_weight, 0.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,9 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
 
+#: Control weight of the cheetah velocity family's tasks (the meta-RL HalfCheetahVel benchmark's).
+VELOCITY_CTRL_COST_WEIGHT = 0.05
+
 #: Held-out velocity bands of the cheetah velocity family (m/s); training avoids them.
 VELOCITY_TEST_BANDS = ((0.2, 0.3), (0.6, 0.7), (1.0, 1.1), (1.4, 1.5), (1.8, 1.9))
 
@@ -210,7 +218,9 @@ def _cheetah_velocity(rng: np.random.Generator, split: str) -> Task:
         velocity = rng.uniform(0.0, 2.0)
         while any(low <= velocity < high for low, high in VELOCITY_TEST_BANDS):
             velocity = rng.uniform(0.0, 2.0)
-    return Task(goal=Goal(target_velocity=float(velocity)))
+    # The meta-RL benchmark's control weight (HalfCheetahVel of MAML, ProMP and PEARL: 0.5 * 0.1),
+    # not Gymnasium's 0.1, so that returns and relative gains compare with the published ones.
+    return Task(goal=Goal(target_velocity=float(velocity), ctrl_cost_weight=VELOCITY_CTRL_COST_WEIGHT))
 
 
 def _cheetah_direction(rng: np.random.Generator, split: str) -> Task:
@@ -258,7 +268,7 @@ FAMILIES: dict[str, TaskFamily] = {
     family.name: family
     for family in (
         TaskFamily("cheetah_velocity", "cheetah", _cheetah_velocity,
-                   "flat ground, target velocity in [0, 2] m/s; test: held-out velocity bands"),
+                   "flat ground, target velocity in [0, 2] m/s, control weight 0.05; test: held-out velocity bands"),
         TaskFamily("cheetah_direction", "cheetah", _cheetah_direction,
                    "flat ground, run forward or backward (progress reward)"),
         TaskFamily("cheetah_terrain", "cheetah", _cheetah_terrain,

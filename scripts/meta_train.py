@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT); default: a local Ray")
     args = parser.parse_args()
     check_backend(args.backend, args.ray_address)  # before any work, as the run directory's checks
-    config, run = training_run(MetaTrainConfig, args)
+    config, run = training_run(MetaTrainConfig, args, path_fields=("init",))
     sampler = None
     if args.backend == "ray":
         from agents.runs.ray_sampler import RaySampler  # only with the optional extra

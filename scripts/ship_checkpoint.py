@@ -7,7 +7,8 @@ The evaluation must have measured this very policy (its `policy_sha256` for one 
 checkpoint's). The shipped file keeps the checkpoint's policy, config, code commit and observation
 layout, and adds `metadata["evaluation"]`: the evaluation's settings, summary, gains and
 comparisons, and which of its methods this policy was. With `--run`, the budget (wall time, env
-steps) is summed from the run's metrics log, which spans every resume. `tests/runs/
+steps) is summed from the run's metrics log, which spans every resume, plus the budget of the
+checkpoint a run started from (`init`). `tests/runs/
 test_shipped_checkpoints.py` checks every shipped file for these records.
 """
 
@@ -72,6 +73,11 @@ def main() -> None:
                          f"(methods {sorted(hashes)} have other parameters)")
     if args.run is not None:
         metadata["budget"] = run_budget(args.run, metadata.get("kind", ""), checkpoint.iteration)
+        if "init" in metadata:  # a run started from another checkpoint: its budget counts too
+            start = metadata["init"]["budget"]
+            metadata["budget"]["wall_time_s"] = round(metadata["budget"]["wall_time_s"] + start["wall_time_s"], 1)
+            metadata["budget"]["env_steps"] += int(start["env_steps"])
+            metadata["budget"]["source"] += f" + init {metadata['init']['path']}"
     metadata["evaluation"] = {"method": method, **{key: evaluation[key] for key in EVALUATION_KEYS},
                               "by_experience": evaluation.get("by_experience", []),
                               "metadata": {k: v for k, v in evaluation["metadata"].items() if k != "policy_sha256"}}

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from agents.meta.maml import MAMLTRPO, MAMLConfig
 from agents.policy import GaussianMLPPolicy
-from agents.runs.checkpoint import load_checkpoint
+from agents.runs.checkpoint import Checkpoint, load_checkpoint, policy_sha256
 from agents.runs.config import config_to_dict
-from agents.runs.layout import observation_layout
+from agents.runs.layout import check_layout, observation_layout
 from agents.runs.provenance import provenance, spent_budget, training_metadata
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.sampler import Sampler
@@ -58,6 +58,8 @@ class MetaTrainConfig:
     gae_lambda: float = 1.0  # GAE lambda (1: returns minus linear baseline)
     seed: int = 0  # seeds tasks, env resets, action noise and the initial policy
     checkpoint_every: int = 5  # iterations between checkpoints
+    init: str | None = None  # start from this checkpoint's policy (and learned step sizes), e.g. a shipped
+    # initialisation meta-trained further with other settings; its budget counts toward this run's
     num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
     update_threads: int | None = None  # torch threads in the meta-update (default: all cores; sampling uses 1)
 
@@ -101,6 +103,28 @@ def learned_step_sizes(learner: MAMLTRPO) -> dict:
     return {} if learner.inner_lrs is None else {"inner_lrs": learner.step_sizes()}
 
 
+def load_init(config: MetaTrainConfig, robot: str) -> Checkpoint:
+    """The `init` checkpoint, checked against the run: same family, robot, observation and widths."""
+    init = load_checkpoint(config.init, expected_robot=robot)
+    if check_layout(init, "init") != config.height_scan:
+        raise ValueError(f"init: {config.init} was trained with height_scan={not config.height_scan}, "
+                         f"this run has height_scan={config.height_scan}")
+    family = init.metadata.get("family")
+    if family != config.family:
+        raise ValueError(f"init: {config.init} was trained on {family!r}, this run meta-trains {config.family!r}")
+    if tuple(init.policy.hidden_sizes) != tuple(config.hidden_sizes):
+        raise ValueError(f"init: {config.init} has hidden_sizes {list(init.policy.hidden_sizes)}, "
+                         f"the config {list(config.hidden_sizes)}")
+    return init
+
+
+def init_record(config: MetaTrainConfig, init: Checkpoint) -> dict:
+    """What a run started from `init` records of it: file name, policy hash and the budget it holds."""
+    wall_time_s, env_steps = spent_budget(init.metadata)
+    return {"path": os.path.basename(config.init or ""), "policy_sha256": policy_sha256(init.policy),
+            "budget": {"wall_time_s": wall_time_s, "env_steps": env_steps}}
+
+
 def iteration_seed(seed: int, iteration: int, purpose: int) -> int:
     """A seed for one purpose (tasks, sampling before/after adaptation) of one iteration."""
     return int(np.random.SeedSequence([seed, iteration, purpose]).generate_state(1)[0])
@@ -128,6 +152,16 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
     start, wall_time_s, env_steps = 0, 0.0, 0
     observation, code = observation_layout(family.robot, config.height_scan), provenance()
     resume_from = latest_checkpoint(run) if run.resumed else None
+    init = None
+    if config.init is not None:
+        init = load_init(config, family.robot)
+        origin = init_record(config, init)
+        if resume_from is None:
+            policy.load_state_dict(init.policy.state_dict())
+            if config.meta_sgd and "inner_lrs" in init.extra_state:
+                learner.load_step_sizes(init.extra_state["inner_lrs"])
+            # The run's budget includes what made its starting point.
+            wall_time_s, env_steps = spent_budget(init.metadata)
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
                                      expected_act_dim=sampler.act_dim)
@@ -138,6 +172,9 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
             learner.load_step_sizes(checkpoint.extra_state["inner_lrs"])
         start = checkpoint.iteration
         wall_time_s, env_steps = spent_budget(checkpoint.metadata)
+        if init is not None and checkpoint.metadata.get("init", {}).get("policy_sha256") != origin["policy_sha256"]:
+            raise ValueError(f"init: {config.init} holds other parameters than the policy this run started from; "
+                             "restore it or start afresh")
     log = MetricsLog(run.metrics, "meta_train", resume_step=start if run.resumed else None)
     writer = SummaryWriter(str(run.tb))
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
@@ -153,10 +190,13 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
         bar.set_postfix(pre=f"{record['pre_adapt_return']:.1f}", post=f"{record['post_adapt_return']:.1f}",
                         sps=f"{record['steps_per_s']:.0f}")
         if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
+            metadata = training_metadata("maml", config.family, config_to_dict(config), code, observation,
+                                         wall_time_s, env_steps)
+            if init is not None:
+                metadata["init"] = origin
             save_step_checkpoint(run, iteration + 1, policy=policy, robot=family.robot,
                                  optimizer=learner.optimizer, extra_state=learned_step_sizes(learner),
-                                 metadata=training_metadata("maml", config.family, config_to_dict(config), code,
-                                                            observation, wall_time_s, env_steps))
+                                 metadata=metadata)
     writer.close()
     if own_sampler:
         sampler.close()

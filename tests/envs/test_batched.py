@@ -8,7 +8,7 @@ from envs.locomotion import LocomotionEnv
 from envs.tasks import Goal, Physics, Task, Terrain
 
 TASKS = [
-    Task(goal=Goal(target_velocity=1.0)),
+    Task(goal=Goal(target_velocity=1.0, ctrl_cost_weight=0.05)),  # its own control weight, the others the robot's
     Task(Terrain("rough", 0.8, 1), Physics(friction=0.5)),
     Task(Terrain("stairs_up", 0.6, 2), goal=Goal(target_velocity=0.5)),
     Task(Terrain("hills", 1.0, 3), Physics(mass_scale=1.4, disabled_actuators=(1,))),

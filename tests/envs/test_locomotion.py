@@ -344,3 +344,19 @@ def test_info_carries_the_tasks_privileged_factors_and_the_observation_does_not(
     assert (named["friction"], named["motor_strength"], named["payload"]) == (0.2, 0.6, 3.0)
     assert not np.array_equal(info["privileged"], vector)
     assert vector is not env.step(np.zeros(env.action_space.shape))[4]["privileged"]  # a fresh array per call
+
+
+def test_a_goal_can_set_its_own_control_weight() -> None:
+    action = np.full(6, 0.5)
+    charged = {}
+    for weight in (None, 0.05, 0.0):
+        env = LocomotionEnv("cheetah", task=Task(goal=Goal(target_velocity=1.0, ctrl_cost_weight=weight)))
+        env.reset(seed=0)
+        charged[weight] = env.step(action)[4]["reward_ctrl"]
+    assert charged[None] == pytest.approx(-0.1 * 6 * 0.25)  # the cheetah's own weight
+    assert charged[0.05] == pytest.approx(-0.05 * 6 * 0.25)
+    assert charged[0.0] == 0.0
+    with pytest.raises(ValueError, match="goal.ctrl_cost_weight"):
+        Goal(ctrl_cost_weight=-1.0)
+    round_trip = Task.from_json(Task(goal=Goal(ctrl_cost_weight=0.05)).to_json())
+    assert round_trip.goal.ctrl_cost_weight == 0.05

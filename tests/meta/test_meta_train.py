@@ -57,3 +57,35 @@ def test_meta_sgd_step_sizes_are_checkpointed_and_resumed(tmp_path) -> None:
         assert torch.equal(resumed.extra_state["inner_lrs"][name], lr), name
     for (name, p), q in zip(resumed.policy.named_parameters(), straight.policy.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_a_run_started_from_init_continues_its_policy_and_budget(tmp_path) -> None:
+    import pytest
+
+    from agents.runs.checkpoint import load_checkpoint
+    from agents.runs.config import config_to_dict
+    from agents.runs.rundir import latest_checkpoint, prepare_run_dir
+
+    def run(root, iterations: int = 1, resume: bool = False, **fields):
+        config = MetaTrainConfig(**{**TINY, **fields}, iterations=iterations, checkpoint_every=1, num_threads=1)
+        folder = prepare_run_dir(root, resume=resume, config=config_to_dict(config), changeable={"iterations"})
+        meta_train(config, folder, progress=False)
+        path = latest_checkpoint(folder)
+        return load_checkpoint(path), str(path)
+
+    base, base_file = run(tmp_path / "base")
+    fresh, _ = run(tmp_path / "fresh", seed=1)
+    started, _ = run(tmp_path / "started", seed=1, init=base_file)
+    # The same iteration from another starting point: the init's parameters, not the seed's, were stepped.
+    for p, q in zip(started.policy.parameters(), fresh.policy.parameters(), strict=True):
+        assert not torch.equal(p, q)
+    assert started.metadata["init"]["policy_sha256"]
+    steps = base.metadata["budget"]["env_steps"]
+    assert started.metadata["budget"]["env_steps"] == 2 * steps  # the init's budget counts
+    # Resuming counts on from the run's own checkpoint, not from the init's again.
+    resumed, _ = run(tmp_path / "started", iterations=2, resume=True, seed=1, init=base_file)
+    assert resumed.metadata["budget"]["env_steps"] == 3 * steps
+    with pytest.raises(ValueError, match="init: .* hidden_sizes"):
+        run(tmp_path / "wide", init=base_file, hidden_sizes=(16,))
+    with pytest.raises(ValueError, match="init: .* trained on 'cheetah_velocity'"):
+        run(tmp_path / "other", init=base_file, family="cheetah_direction")
