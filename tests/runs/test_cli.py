@@ -99,3 +99,24 @@ def test_the_shipped_curriculum_config_loads_from_any_directory(tmp_path: Path,
     path = PROJECT_ASSETS / "configs" / "curriculum_cheetah.yaml"
     config = config_from_dict(CurriculumConfig, resolve_config_paths(load_yaml(path), path, ("init",)))
     assert Path(config.init).is_file() and Path(config.init).is_absolute()
+
+
+def test_every_shipped_training_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.meta.context_train import ContextConfig
+    from agents.meta.meta_train import MetaTrainConfig
+    from agents.meta.pretrain import PretrainConfig
+    from agents.runs.config import config_from_dict
+    from agents.runs.rundir import load_yaml
+
+    monkeypatch.chdir(tmp_path)  # paths resolve beside the config or in assets/, from anywhere
+    kinds = {"maml_": (MetaTrainConfig, ("init",)), "pretrained_": (PretrainConfig, ()),
+             "teacher_": (PretrainConfig, ()), "context_": (ContextConfig, ("teacher",))}
+    checked = 0
+    for path in sorted((PROJECT_ASSETS / "configs").glob("*.yaml")):
+        for prefix, (config_class, path_fields) in kinds.items():
+            if path.name.startswith(prefix):
+                config = config_from_dict(config_class, resolve_config_paths(load_yaml(path), path, path_fields))
+                if getattr(config, "init", None) is not None:
+                    assert Path(config.init).is_file(), f"{path.name}: init {config.init} is not shipped"
+                checked += 1
+    assert checked >= 10
