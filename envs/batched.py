@@ -94,10 +94,10 @@ class BatchedEnv:
         self.heading = np.stack([g[0] for g in goals])
         targets = np.array([g[1] for g in goals])
         self._target = None if np.isnan(targets).all() else targets  # None: every member rewards progress
-        robot_weight = self.envs[0].spec_robot.ctrl_cost_weight
+        robot_weight = self.readout.robot.ctrl_cost_weight
         weights = np.array([robot_weight if t.goal.ctrl_cost_weight is None else t.goal.ctrl_cost_weight
                             for t in tasks])
-        self._ctrl_weight = None if (weights == robot_weight).all() else weights  # None: the robot's own
+        self._ctrl_factor = None if (weights == robot_weight).all() else -weights  # None: the robot's own
         self._extras = self.readout.extras(np.stack([g[2] for g in goals]),  # what each observation appends
                                            np.stack([privileged_factors(t) for t in tasks]))
         flat = all(not env.heights.any() for env in self.envs)
@@ -131,7 +131,7 @@ class BatchedEnv:
         xy_before = self.qpos[:, : self.readout.root].copy()
         self._simulate()
         out = self.readout.step(xy_before, self.qpos, self.qvel, self._actions, self._heights, self.heading,
-                                self._target, self._extras, self._ctrl_weight)
+                                self._target, self._extras, self._ctrl_factor)
         unstable = ~self._stable
         if unstable.any():
             out.observation[unstable] = np.nan_to_num(out.observation[unstable], nan=0.0, posinf=0.0, neginf=0.0)

@@ -212,7 +212,7 @@ class LocomotionEnv(gym.Env):
         self._heading, self._extras = heading, self.readout.extras(goal_obs, self._privileged)
         self._target = None if math.isnan(target) else np.float64(target)
         weight = task.goal.ctrl_cost_weight
-        self._ctrl_weight = None if weight is None else np.float64(weight)
+        self._ctrl_factor = None if weight is None else np.float64(-weight)  # None: the robot's own
         self._step_heights = None if flat else heights
         if self._renderer is not None:
             self._renderer.upload_heightfield()
@@ -256,7 +256,7 @@ class LocomotionEnv(gym.Env):
             return obs, 0.0, True, False, {"physics_unstable": True, "task": self.task,
                                            "privileged": self._privileged.copy()}
         out = self.readout.step(xy_before, qpos, qvel, action, self._step_heights, self._heading,
-                                self._target, self._extras, self._ctrl_weight)
+                                self._target, self._extras, self._ctrl_factor)
         truncated = bool(out.truncated)
         info = {
             "x_position": float(qpos[0]),

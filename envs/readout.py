@@ -223,7 +223,7 @@ class Readout:
 
     def step(self, xy_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
              heights: np.ndarray | None, heading: np.ndarray, target: np.ndarray | None,
-             extras: np.ndarray, ctrl_weight: np.ndarray | float | None = None) -> StepReadout:
+             extras: np.ndarray, ctrl_factor: np.ndarray | float | None = None) -> StepReadout:
         """Everything one env step reports, for a batch (or, without the batch axis, one robot).
 
         Only the work the case needs is done: every numpy call costs about a microsecond
@@ -238,7 +238,7 @@ class Readout:
             heading: unit "forward" direction of each goal, [B, 2].
             target: target velocity of each goal, NaN to reward progress, [B]; None: all progress.
             extras: what the observation appends (`extras`), [B, k].
-            ctrl_weight: each goal's squared-action weight, [B] or one number; None: the robot's.
+            ctrl_factor: minus each goal's squared-action weight, [B] or one number; None: the robot's.
         """
         robot = self.robot
         if self.root == 1:
@@ -249,7 +249,7 @@ class Readout:
             reward_forward = forward_velocity
         else:
             reward_forward = np.where(np.isnan(target), forward_velocity, -np.abs(forward_velocity - target))
-        reward_ctrl = squared_norm(action) * (self._ctrl_factor if ctrl_weight is None else -ctrl_weight)
+        reward_ctrl = squared_norm(action) * (self._ctrl_factor if ctrl_factor is None else ctrl_factor)
         ground = self.ground_under(heights, qpos)
         healthy = self.healthy(qpos, ground)
         batch_shape = qpos.shape[:-1]

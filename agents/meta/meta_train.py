@@ -161,7 +161,7 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
             if config.meta_sgd and "inner_lrs" in init.extra_state:
                 learner.load_step_sizes(init.extra_state["inner_lrs"])
             # The run's budget includes what made its starting point.
-            wall_time_s, env_steps = spent_budget(init.metadata)
+            wall_time_s, env_steps = origin["budget"]["wall_time_s"], origin["budget"]["env_steps"]
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
                                      expected_act_dim=sampler.act_dim)
