@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from agents.meta.adaptation_report import write_all
+from agents.meta.adaptation_result import AdaptationConfig
 from agents.meta.context_train import load_context_policy
 from agents.meta.evaluation import (
-    AdaptationConfig,
     compare,
     parse_terrain_tasks,
     random_init,

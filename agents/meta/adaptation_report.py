@@ -1,4 +1,4 @@
-"""Tables, figure and JSON of an adaptation evaluation (`agents.meta.evaluation.AdaptationResult`).
+"""Tables, figure and JSON of an adaptation evaluation (`agents.meta.adaptation_result.AdaptationResult`).
 
 Everything is rendered from the JSON dict (`AdaptationResult.to_dict()`), so a README table can be
 regenerated from the file an evaluation wrote (`scripts/update_readme.py`) and says nothing the
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.meta.evaluation import AdaptationResult, nan_to_none, step_label
+from agents.meta.adaptation_result import AdaptationResult, nan_to_none, step_label
 from agents.runs.atomic import PathLike, atomic_write_bytes, atomic_write_text
 
 

@@ -127,7 +127,8 @@ def test_continued_experience_starts_each_env_from_its_last_history():
 
 
 def test_the_evaluation_gives_a_context_policy_its_previous_episodes_as_experience():
-    from agents.meta.evaluation import AdaptationConfig, compare, step_seed
+    from agents.meta.adaptation_result import AdaptationConfig
+    from agents.meta.evaluation import compare, step_seed
 
     student = make_student(history=5)
     tasks = [Task(terrain=Terrain("hills", 0.7, 4)), Task(physics=Physics(friction=0.2))]

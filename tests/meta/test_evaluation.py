@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from agents.meta.adaptation_report import markdown_from_dict, markdown_table, write_all
+from agents.meta.adaptation_result import AdaptationConfig
 from agents.meta.evaluation import (
-    AdaptationConfig,
     compare,
     evaluate_adaptation,
     parse_terrain_tasks,

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from agents.meta.adaptation_result import AdaptationConfig
 from agents.meta.context_train import ContextConfig, load_context_policy, train_context
-from agents.meta.evaluation import AdaptationConfig, compare, step_seed
+from agents.meta.evaluation import compare, step_seed
 from agents.meta.pretrain import PretrainConfig, pretrain, save_pretrained
 from agents.meta.retrieval import Skill, SkillLibrary, embed_episodes, load_library, tasks_of_kind, train_kinds
 from agents.meta.skill_build import SkillBuildConfig, build_library, retrieval_accuracy

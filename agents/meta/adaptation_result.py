@@ -1,0 +1,225 @@
+"""What an adaptation evaluation was (`AdaptationConfig`) and what it gave (`AdaptationResult`):
+every method's returns and speeds per seed, task and step, and the statistics reported from them
+(means and IQMs, paired gains, method-vs-method differences, speed tracking; 95 % stratified-
+bootstrap intervals over tasks within seeds) as JSON-ready rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agents.runs.stats import stratified_bootstrap
+from envs.tasks import Task
+
+
+@dataclass
+class AdaptationConfig:
+    """How adaptation is evaluated (the same for every method compared)."""
+
+    steps: int = 3  # k: inner policy-gradient steps after the pre-adaptation rollout (0: none)
+    inner_lr: float = 0.1  # SGD step size of each inner step
+    episodes_per_task: int = 20  # episodes per task and step (the MAML paper's fast batch), to measure and adapt
+    horizon: int = 200  # steps per episode
+    seeds: tuple[int, ...] = (0, 1, 2)  # evaluation seeds: tasks, env resets, action noise, random inits
+    gamma: float = 0.99  # discount of the inner-loop advantages
+    gae_lambda: float = 1.0  # GAE lambda of the inner-loop advantages (1: returns minus linear baseline)
+    normalize_advantages: bool = True  # standardise the inner-loop advantages
+    confidence: float = 0.95  # coverage of the reported intervals
+    bootstrap_reps: int = 10_000  # stratified bootstrap resamples per interval
+    num_threads: int | None = None  # sampler threads (default: all cores; episodes do not depend on it)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps (k, the number of inner steps) must be an integer >= 0, got {self.steps!r}")
+        for name in ("episodes_per_task", "horizon", "bootstrap_reps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.inner_lr, int | float) and math.isfinite(self.inner_lr) and self.inner_lr > 0):
+            raise ValueError(f"inner_lr must be a finite number > 0, got {self.inner_lr!r}")
+        seeds = tuple(self.seeds)
+        if not seeds:
+            raise ValueError("seeds must hold at least one seed")
+        if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in seeds):
+            raise ValueError(f"seeds must be integers >= 0, got {list(seeds)}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        self.seeds = tuple(int(s) for s in seeds)
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
+
+
+def step_label(step: int) -> str:
+    """"before" for step 0, else "k step(s)"."""
+    return "before" if step == 0 else f"{step} step" + ("s" if step > 1 else "")
+
+
+@dataclass
+class AdaptationResult:
+    """Returns of every method, seed, task and step.
+
+    Attributes:
+        robot: the robot evaluated.
+        tasks: the evaluation tasks of each seed (`tasks[s][t]`; the same count for every seed).
+        config: the evaluation settings.
+        returns: method -> `[seed, task, step]` array of mean undiscounted episode returns; step 0 is
+            before adaptation, step j after j inner steps (shape `[len(seeds), n_tasks, steps + 1]`).
+        speeds: method -> the same shape: mean speed along the goal's heading (distance / duration, m/s).
+    """
+
+    robot: str
+    tasks: list[list[Task]]
+    config: AdaptationConfig
+    returns: dict[str, np.ndarray] = field(default_factory=dict)
+    speeds: dict[str, np.ndarray] = field(default_factory=dict)
+    learned_step_sizes: list[str] = field(default_factory=list)  # methods adapted with their own (Meta-SGD)
+    by_experience: list[str] = field(default_factory=list)  # context methods: step j = j episodes of experience
+    retrieved: dict[str, list[list[str]]] = field(default_factory=dict)  # library method -> [seed][task] skill
+
+    @property
+    def methods(self) -> list[str]:
+        """Method names in evaluation order (the first is the one compared with the others)."""
+        return list(self.returns)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The evaluation seeds."""
+        return self.config.seeds
+
+    @property
+    def steps(self) -> int:
+        """k, the number of inner steps (the step axis runs 0..k)."""
+        return self.config.steps
+
+    @property
+    def tasks_per_seed(self) -> int:
+        """Tasks evaluated under each seed."""
+        return len(self.tasks[0])
+
+    def records(self) -> list[dict[str, Any]]:
+        """Tidy rows: method, seed, task (index within the seed), task_label, step, return, speed."""
+        return [
+            {"method": method, "seed": seed, "task": t, "task_label": task.describe(), "step": j,
+             "return": float(values[s, t, j]), "speed": float(self.speeds[method][s, t, j])}
+            for method, values in self.returns.items()
+            for s, seed in enumerate(self.seeds)
+            for t, task in enumerate(self.tasks[s])
+            for j in range(self.steps + 1)
+        ]
+
+    def _interval(self, per_seed_task: np.ndarray, statistic: str) -> dict[str, float]:
+        point, low, high = stratified_bootstrap(list(per_seed_task), statistic, self.config.confidence,
+                                                self.config.bootstrap_reps)
+        return {statistic: point, f"{statistic}_low": low, f"{statistic}_high": high}
+
+    def _difference(self, differences: np.ndarray) -> dict[str, Any]:
+        row = {**self._interval(differences, "mean"), **self._interval(differences, "p_improvement")}
+        row["distinguishable"] = not row["mean_low"] <= 0.0 <= row["mean_high"]
+        return row
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per method and step: mean and IQM of the per-task returns, with intervals.
+
+        Keys: method, step, mean, mean_low, mean_high, iqm, iqm_low, iqm_high, n_tasks, n_seeds.
+        """
+        return [
+            {"method": method, "step": j, **self._interval(values[:, :, j], "mean"),
+             **self._interval(values[:, :, j], "iqm"), "n_tasks": values.shape[0] * values.shape[1],
+             "n_seeds": values.shape[0]}
+            for method, values in self.returns.items()
+            for j in range(self.steps + 1)
+        ]
+
+    def gains(self) -> list[dict[str, Any]]:
+        """Per method and step j >= 1: the paired gain of step j over before adaptation.
+
+        Keys: method, step, mean (mean gain), mean_low, mean_high, p_improvement (share of
+        (seed, task) pairs where step j beat before) with its interval, distinguishable (the mean's
+        interval excludes zero).
+        """
+        return [
+            {"method": method, "step": j, **self._difference(values[:, :, j] - values[:, :, 0])}
+            for method, values in self.returns.items()
+            for j in range(1, self.steps + 1)
+        ]
+
+    def versus(self) -> list[dict[str, Any]]:
+        """Per other method and step: the first method minus that method at the same step (paired).
+
+        Keys: method (the first), other, step, and the keys of `gains`.
+        """
+        if len(self.methods) < 2:
+            return []
+        first, values = self.methods[0], self.returns[self.methods[0]]
+        return [
+            {"method": first, "other": other, "step": j,
+             **self._difference(values[:, :, j] - self.returns[other][:, :, j])}
+            for other in self.methods[1:]
+            for j in range(self.steps + 1)
+        ]
+
+    def targets(self) -> np.ndarray | None:
+        """`[seed, task]` target speeds, or None unless every task tracks a target velocity."""
+        targets = [[task.goal.target_velocity for task in seed_tasks] for seed_tasks in self.tasks]
+        if any(v is None for row in targets for v in row):
+            return None
+        return np.array(targets, dtype=np.float64)
+
+    def tracking(self) -> list[dict[str, Any]]:
+        """Velocity tasks only: per method and step, the mean |speed - target| (m/s) with its interval,
+        and the mean speed reached in each quarter of the targets' range (where a ceiling shows)."""
+        targets = self.targets()
+        if targets is None:
+            return []
+        edges = np.linspace(targets.min(), targets.max(), 5)
+        bins = np.clip(np.searchsorted(edges, targets, side="right") - 1, 0, 3)
+        rows = []
+        for method, speeds in self.speeds.items():
+            for j in range(self.steps + 1):
+                by_bin = [{"targets": [float(edges[b]), float(edges[b + 1])],
+                           "mean_target": float(targets[bins == b].mean()),
+                           "mean_speed": float(speeds[:, :, j][bins == b].mean()), "n": int((bins == b).sum())}
+                          for b in range(4) if (bins == b).any()]
+                rows.append({"method": method, "step": j, **self._interval(np.abs(speeds[:, :, j] - targets), "mean"),
+                             "by_target": by_bin})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: robot, config, tasks per seed, every statistic and the tidy records (NaN as null)."""
+        config = asdict(self.config)
+        config["seeds"] = list(config["seeds"])
+        return nan_to_none({
+            "robot": self.robot,
+            "config": config,
+            "intervals": (f"{self.config.confidence:.0%} stratified bootstrap ({self.config.bootstrap_reps} "
+                          f"resamples; tasks resampled within each of {len(self.seeds)} seeds)"),
+            "methods": self.methods,
+            "learned_step_sizes": self.learned_step_sizes,
+            "by_experience": self.by_experience,
+            "retrieved": self.retrieved,
+            "tasks_per_seed": self.tasks_per_seed,
+            "tasks": [[task.to_dict() for task in seed_tasks] for seed_tasks in self.tasks],
+            "summary": self.summary(),
+            "gains": self.gains(),
+            "versus": self.versus(),
+            "tracking": self.tracking(),
+            "records": self.records(),
+        })
+
+
+def nan_to_none(value: Any) -> Any:
+    """`value` with every non-finite float (nested in dicts, lists, tuples) replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_none(v) for v in value]
+    return value
