@@ -1,8 +1,8 @@
 """Curriculum configs (the YAML a user writes) and the schedules that pick each next stage.
 
-A curriculum names the robot, the initial policy (a MAML checkpoint or from scratch), a list of
-stages (each a terrain at a difficulty, optionally with physics and goal), the budget per stage,
-the regulariser that keeps earlier skills, evaluation settings and seeds. Schedules:
+A curriculum names the robot, the initial policy (a MAML or multi-task checkpoint, a context adapter
+or from scratch), a list of stages (each a terrain at a difficulty, optionally with physics and
+goal), the budget per stage, the regulariser that keeps earlier skills, evaluation settings and seeds. Schedules:
 
 - fixed: the stages in the order given.
 - ladder: the stages in order, as rungs; a stage ends early once its success criterion holds
@@ -36,13 +36,15 @@ class StageConfig:
     physics: dict = field(default_factory=dict)  # Physics fields, e.g. {friction: 0.5}
     target_velocity: float | None = None  # None: reward progress
     direction: float = 0.0  # heading of "forward" in radians (planar robots: 0 or pi)
+    ctrl_cost_weight: float | None = None  # squared-action penalty weight; None: the robot's own
     name: str | None = None  # label in tables and plots (default: terrain@difficulty)
 
     def task(self, where: str = "stage") -> Task:
         """The stage's Task (validated, errors naming the field)."""
         try:
             return Task(Terrain(self.terrain, self.difficulty, self.seed), Physics(**self.physics),
-                        Goal(target_velocity=self.target_velocity, direction=self.direction))
+                        Goal(target_velocity=self.target_velocity, direction=self.direction,
+                             ctrl_cost_weight=self.ctrl_cost_weight))
         except TypeError as error:  # an unknown physics field
             raise ValueError(f"{where}.physics: {error}; allowed: {sorted(Physics.__dataclass_fields__)}") from error
         except ValueError as error:
@@ -106,7 +108,7 @@ class CurriculumConfig:
     """A whole curriculum (one YAML file)."""
 
     robot: str = "cheetah"
-    init: str = "scratch"  # "scratch" or the path of a MAML checkpoint
+    init: str = "scratch"  # "scratch", a policy checkpoint (MAML, multi-task) or a context adapter (continual.initial)
     hidden_sizes: tuple[int, ...] = (64, 64)  # policy widths when starting from scratch
     height_scan: bool = False  # the policy sees the terrain ahead
     goal_in_obs: bool = False  # the policy sees the goal (needed to hold skills whose goals conflict)

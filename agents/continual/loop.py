@@ -23,6 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
+from agents.continual.initial import fold_context, fresh_policy, load_init
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
@@ -69,8 +70,7 @@ def check_curriculum(config: CurriculumConfig) -> None:
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
     if config.init != "scratch":
-        load_checkpoint(config.init, expected_robot=config.robot, expected_obs_dim=probe.observation_space.shape[0],
-                        expected_act_dim=probe.action_space.shape[0])
+        load_init(config.init, config.robot, probe.observation_space.shape[0], probe.action_space.shape[0])
     probe.close()
 
 
@@ -108,11 +108,17 @@ class Curriculum:
     def _initial_policy(self) -> GaussianMLPPolicy:
         cfg = self.config
         if cfg.init == "scratch":
-            torch.manual_seed(cfg.seed)
-            return GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, cfg.hidden_sizes)
-        checkpoint = load_checkpoint(cfg.init, expected_robot=cfg.robot, expected_obs_dim=self.sampler.obs_dim,
-                                     expected_act_dim=self.sampler.act_dim)
-        return checkpoint.policy
+            return fresh_policy(self.sampler.obs_dim, self.sampler.act_dim, cfg.hidden_sizes, cfg.seed)
+        start = load_init(cfg.init, cfg.robot, self.sampler.obs_dim, self.sampler.act_dim)
+        if isinstance(start, GaussianMLPPolicy):
+            return start
+        # A context adapter: its estimate from experience on the first listed stage, folded in.
+        policy, experience_return = fold_context(start, self.sampler, self.pool_tasks[0], cfg.adapt_episodes,
+                                                 seed=20_000 + cfg.seed)
+        if self.progress:
+            print(f"init: context adapter, its estimate from {cfg.adapt_episodes} episodes on "
+                  f"{cfg.stages[0].label} (return {experience_return:.1f}) folded into the policy")
+        return policy
 
     def _make_env(self, task: Task, seed: int = 0) -> VecEnv:
         cfg = self.config

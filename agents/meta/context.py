@@ -171,6 +171,29 @@ class ContextPolicy(nn.Module):
         """Action means of observations given each one's history window (`history_windows`)."""
         return self.mean(obs, self.adapter(windows))
 
+    def estimate(self, episodes: Episodes) -> torch.Tensor:
+        """The adapter's estimate [embed_dim] averaged over every real step of `episodes` (one task's):
+        what the experience says about the task, as one embedding."""
+        with torch.no_grad():
+            windows = history_windows(episodes.observations, episodes.actions, episodes.mask, self.adapter.history)
+            return self.adapter(windows[episodes.mask.bool()]).mean(dim=0)
+
+    def with_embedding(self, embedding: torch.Tensor) -> GaussianMLPPolicy:
+        """A plain policy on the deployed observation that acts as this student would with its
+        estimate held at `embedding` [embed_dim]: the embedding is folded into the first layer's bias.
+        How a context adapter starts what trains plain policies (a curriculum's `init:`)."""
+        teacher = self.teacher
+        policy = GaussianMLPPolicy(self.obs_dim, self.act_dim, teacher.hidden_sizes, min_log_std=teacher.min_log_std)
+        with torch.no_grad():
+            for (name, target), source in zip(policy.named_parameters(), teacher.parameters(), strict=True):
+                if name == "mean_net.0.weight":
+                    target.copy_(source[:, :self.obs_dim])
+                elif name == "mean_net.0.bias":
+                    target.copy_(source + embedding.to(source.dtype))
+                else:
+                    target.copy_(source)
+        return policy
+
     def action_std(self) -> np.ndarray:
         """The teacher's action noise [act_dim]."""
         with torch.no_grad():

@@ -163,3 +163,43 @@ def test_resuming_with_a_changed_teacher_is_refused(tmp_path, teacher_path):
     full = ContextConfig(teacher=str(teacher), iterations=2, **TINY)
     with pytest.raises(ValueError, match="other parameters than the teacher"):
         train_context(full, run_dir(tmp_path / "run", full, resume=True), progress=False)
+
+
+def test_a_curriculum_starts_from_a_context_adapter_folded_on_its_first_stage(tmp_path, teacher_path):
+    """`init:` a context checkpoint: the plain policy the curriculum starts from acts exactly as the
+    student with its estimate from the first stage's experience; another robot is refused in one line."""
+    from agents.continual.curriculum import StageConfig
+    from agents.continual.initial import fold_context, load_init
+
+    config = ContextConfig(teacher=str(teacher_path), iterations=1, checkpoint_every=1, **TINY)
+    train_context(config, run_dir(tmp_path / "context", config), progress=False)
+    path = latest_checkpoint(tmp_path / "context")
+    sampler = Sampler("cheetah", 20, num_threads=1)
+    student = load_init(path, "cheetah", sampler.obs_dim, sampler.act_dim)
+    task = StageConfig(terrain="rough", difficulty=0.5, seed=1).task()
+    policy, _ = fold_context(student, sampler, task, episodes=2, seed=3)
+    embedding = student.estimate(sampler.sample(student, [task], 2, seed=3)[0])
+    assert embedding.abs().sum() > 0
+    obs = torch.randn(5, sampler.obs_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(policy.mean(obs, policy.parameters_dict()), student.mean(obs, embedding))
+        torch.testing.assert_close(policy.log_std, student.teacher.log_std)
+    with pytest.raises(ValueError, match="quadruped"):
+        load_init(path, "quadruped", sampler.obs_dim, sampler.act_dim)
+    with pytest.raises(ValueError, match="height_scan"):
+        load_init(path, "cheetah", sampler.obs_dim + 1, sampler.act_dim)
+    sampler.close()
+
+    curriculum = {"robot": "cheetah", "init": str(path), "horizon": 20, "steps_per_stage": 64,
+                  "stages": [{"terrain": "rough", "difficulty": 0.5, "seed": 1}], "adapt_episodes": 2,
+                  "ppo": {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1},
+                  "regularizer": {"kind": "ewc", "strength": 10.0, "fisher_states": 32},
+                  "evaluation": {"episodes": 1}, "video": False}
+    config_file = tmp_path / "curriculum.yaml"
+    config_file.write_text(yaml.safe_dump(curriculum))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_curriculum.py"), "--config",
+                             str(config_file), "--run", str(tmp_path / "run")], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "init: context adapter" in result.stdout
+    assert (tmp_path / "run" / "report.md").is_file()

@@ -89,16 +89,21 @@ def test_scripts_answer_bad_input_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_the_shipped_curriculum_config_loads_from_any_directory(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", ["curriculum_cheetah.yaml", "curriculum_quadruped.yaml"])
+def test_each_shipped_curriculum_config_loads_from_any_directory(name: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each shipped curriculum resolves its init from anywhere and passes every pre-run check (its
+    tasks on its robot, its init's robot and observation)."""
     from agents.continual.curriculum import CurriculumConfig
+    from agents.continual.loop import check_curriculum
     from agents.runs.config import config_from_dict
     from agents.runs.rundir import load_yaml
 
     monkeypatch.chdir(tmp_path)
-    path = PROJECT_ASSETS / "configs" / "curriculum_cheetah.yaml"
+    path = PROJECT_ASSETS / "configs" / name
     config = config_from_dict(CurriculumConfig, resolve_config_paths(load_yaml(path), path, ("init",)))
     assert Path(config.init).is_file() and Path(config.init).is_absolute()
+    check_curriculum(config)
 
 
 def test_every_shipped_training_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
