@@ -251,22 +251,33 @@ QUADRUPED_TRAIN_TERRAINS = ("flat", "slope_up", "rough", "hills", "stairs_up")
 QUADRUPED_TEST_TERRAINS = ("slope_down", "stairs_down", "gaps", "obstacles")
 
 
-def _quadruped_terrain_physics(rng: np.random.Generator, split: str) -> Task:
-    test = split == "test"
-    kinds = QUADRUPED_TEST_TERRAINS if test else QUADRUPED_TRAIN_TERRAINS
-    terrain = Terrain(str(rng.choice(kinds)), float(rng.uniform(0.0, 1.0)), _seed(rng))
+def _varied_physics(rng: np.random.Generator, test: bool) -> Physics:
     # Held out: slippery ground and weak motors, outside the training ranges.
-    physics = Physics(
+    return Physics(
         friction=float(rng.uniform(0.1, 0.3) if test else rng.uniform(0.4, 1.5)),
         mass_scale=float(rng.uniform(0.8, 1.2)),
         damping_scale=float(rng.uniform(0.5, 2.0)),
         motor_strength=float(rng.uniform(0.5, 0.7) if test else rng.uniform(0.75, 1.25)),
         payload=float(rng.uniform(0.0, 5.0)),
     )
+
+
+def _quadruped_terrain_physics(rng: np.random.Generator, split: str) -> Task:
+    test = split == "test"
+    kinds = QUADRUPED_TEST_TERRAINS if test else QUADRUPED_TRAIN_TERRAINS
+    terrain = Terrain(str(rng.choice(kinds)), float(rng.uniform(0.0, 1.0)), _seed(rng))
     # A tenth of the robot's control weight: under its own (0.5, Gymnasium Ant's) a fresh policy's
     # steps cost more than staying upright earns, and TRPO learned to fall within 10 steps.
-    return Task(terrain=terrain, physics=physics,
+    return Task(terrain=terrain, physics=_varied_physics(rng, test),
                 goal=Goal(target_velocity=None, ctrl_cost_weight=QUADRUPED_CTRL_COST_WEIGHT))
+
+
+def _cheetah_terrain_physics(rng: np.random.Generator, split: str) -> Task:
+    # The quadruped family's terrain and physics on the cheetah (its own control weight, Gymnasium's).
+    test = split == "test"
+    kinds = CHEETAH_TEST_TERRAINS if test else CHEETAH_TRAIN_TERRAINS
+    terrain = Terrain(str(rng.choice(kinds)), float(rng.uniform(0.0, 1.0)), _seed(rng))
+    return Task(terrain=terrain, physics=_varied_physics(rng, test), goal=Goal(target_velocity=None))
 
 
 FAMILIES: dict[str, TaskFamily] = {
@@ -282,6 +293,9 @@ FAMILIES: dict[str, TaskFamily] = {
         TaskFamily("cheetah_terrain_velocity", "cheetah", _cheetah_terrain_velocity,
                    f"target velocity in [0, 2] m/s over {', '.join(CHEETAH_TRAIN_TERRAINS)}; "
                    f"test: the same targets on held-out kinds {', '.join(CHEETAH_TEST_TERRAINS)}"),
+        TaskFamily("cheetah_terrain_physics", "cheetah", _cheetah_terrain_physics,
+                   f"progress over {', '.join(CHEETAH_TRAIN_TERRAINS)} with varied physics; "
+                   f"test: held-out kinds {', '.join(CHEETAH_TEST_TERRAINS)}, low friction, weak motors"),
         TaskFamily("quadruped_terrain_physics", "quadruped", _quadruped_terrain_physics,
                    "2-D terrain and varied physics, control weight 0.05; "
                    "test: held-out kinds, low friction, weak motors"),

@@ -94,10 +94,13 @@ def test_terrain_velocity_split_holds_out_the_kinds_and_commands_a_speed() -> No
     assert all(0.0 <= v <= 2.0 for v in speeds) and max(speeds) > 1.8 and min(speeds) < 0.2
 
 
-def test_quadruped_test_split_holds_out_physics() -> None:
-    dist = TaskDistribution("quadruped_terrain_physics", seed=0)
-    assert min(t.physics.friction for t in dist.sample(50, "train")) >= 0.4
-    assert max(t.physics.friction for t in dist.sample(50, "test")) <= 0.3
+@pytest.mark.parametrize("family", ["quadruped_terrain_physics", "cheetah_terrain_physics"])
+def test_the_physics_families_hold_out_kinds_slippery_ground_and_weak_motors(family: str) -> None:
+    dist = TaskDistribution(family, seed=0)
+    train, test = dist.sample(100, "train"), dist.sample(100, "test")
+    assert min(t.physics.friction for t in train) >= 0.4 and max(t.physics.friction for t in test) <= 0.3
+    assert min(t.physics.motor_strength for t in train) >= 0.75 and max(t.physics.motor_strength for t in test) <= 0.7
+    assert not {t.terrain.kind for t in train} & {t.terrain.kind for t in test}
 
 
 def test_bad_family_and_split() -> None:
