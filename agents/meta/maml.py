@@ -237,6 +237,10 @@ class MAMLConfig:
     reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
     inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
     meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), starting at inner_lr
+    # The outer objective: the return after the last inner step ("last", MAML's), or the mean over
+    # the returns after each inner step ("all": the episodes sampled for step k + 1 are valid episodes
+    # of the step-k parameters, so it costs no sampling), with the trust region on the mean KL of all.
+    outer_steps: Literal["last", "all"] = "last"
 
     def __post_init__(self) -> None:
         positive = ("inner_lr", "max_kl", "outer_lr")
@@ -250,6 +254,8 @@ class MAMLConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
         if self.inner_estimator not in INNER_ESTIMATORS:
             raise ValueError(f"inner_estimator must be one of {list(INNER_ESTIMATORS)}, got {self.inner_estimator!r}")
+        if self.outer_steps not in ("last", "all"):
+            raise ValueError(f"outer_steps must be 'last' or 'all', got {self.outer_steps!r}")
         if self.outer_optimizer not in ("trpo", "adam"):
             raise ValueError(f"outer_optimizer must be 'trpo' or 'adam', got {self.outer_optimizer!r}")
         if not self.cg_damping >= 0:
@@ -347,17 +353,34 @@ class MAMLTRPO:
                               len(sets), first_order=True)
         return [{name: p[i].detach() for name, p in adapted.items()} for i in range(len(episodes[0]))]
 
+    def _terms(self, tasks: TaskBatch) -> list[tuple[int, TaskBatch]]:
+        """The outer objective's terms, (inner steps, problem): the last step's, or every step's."""
+        if self.config.outer_steps == "last":
+            return [(self.config.num_inner_steps, tasks)]
+        if len(tasks.train) != self.config.num_inner_steps:
+            raise ValueError(f"outer_steps: all needs one train episode set per inner step "
+                             f"({self.config.num_inner_steps}), got {len(tasks.train)}")
+        return [(k, tasks.first_steps(k)) for k in range(1, self.config.num_inner_steps + 1)]
+
     def _objective(
         self,
         params: Mapping[str, torch.Tensor],
         tasks: TaskBatch,
         first_order: bool,
-        old: Independent | None = None,
-    ) -> OuterResult:
+        old: Sequence[Independent] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Independent]]:
+        """Outer loss and KL, each the mean over the terms (`_terms`), and each term's adapted
+        policies on its evaluation episodes (the next call's `old`)."""
         cfg = self.config
         objective = outer_objective_per_task if cfg.reference_update else outer_objective
-        return objective(self.policy, params, tasks, cfg.inner_lr, cfg.num_inner_steps, first_order, old,
-                         cfg.inner_estimator)
+        terms = self._terms(tasks)
+        olds = [None] * len(terms) if old is None else list(old)
+        results = [objective(self.policy, params, batch, cfg.inner_lr, steps, first_order, term_old,
+                             cfg.inner_estimator)
+                   for (steps, batch), term_old in zip(terms, olds, strict=True)]
+        loss = torch.stack([r.loss for r in results]).mean()
+        kl = torch.stack([r.kl for r in results]).mean()
+        return loss, kl, [r.distribution for r in results]
 
     def step(self, tasks: Sequence[tuple[Episodes | Sequence[Episodes], Episodes]]) -> MetaStepRecord:
         """One meta-update on `(train_episodes, valid_episodes)` pairs, one pair per task; the train
@@ -375,26 +398,26 @@ class MAMLTRPO:
         else:
             params = {name: p.detach().requires_grad_(True)
                       for name, p in [*self.policy.named_parameters(), *learned.items()]}
-        before = self._objective(params, data, cfg.first_order)
-        old = detach_distribution(before.distribution)
-        loss_before = before.loss.item()
+        loss, _, distributions = self._objective(params, data, cfg.first_order)
+        old = [detach_distribution(d) for d in distributions]
+        loss_before = loss.item()
 
         # Line search and after-step figures only need values: first-order adaptation gives the
         # same values without building second-order graphs.
         def loss_and_kl(candidate: Params) -> tuple[torch.Tensor, torch.Tensor]:
-            result = self._objective(candidate, data, True, old)
-            return result.loss.detach(), result.kl.detach()
+            candidate_loss, candidate_kl, _ = self._objective(candidate, data, True, old)
+            return candidate_loss.detach(), candidate_kl.detach()
 
         if self.optimizer is not None:
             self.optimizer.zero_grad()
-            before.loss.backward()
+            loss.backward()
             grad_norm = float(flatten_params({n: p.grad for n, p in self.policy.named_parameters()}).norm())
             t_grad = time.perf_counter()
             self.optimizer.step()
             loss_after, kl_after = (v.item() for v in loss_and_kl({**self.policy.parameters_dict(), **learned}))
             accepted, fraction = True, 1.0
         else:
-            grads = torch.autograd.grad(before.loss, list(params.values()))
+            grads = torch.autograd.grad(loss, list(params.values()))
             flat_grad = torch.cat([g.reshape(-1) for g in grads])
             grad_norm = float(flat_grad.norm())
             t_grad = time.perf_counter()
@@ -434,16 +457,19 @@ class MAMLTRPO:
         # is taken against that estimate's own adapted policy (old=None: the KL is 0 and minimal there).
         fisher_data = data.every(cfg.fisher_every)
         if cfg.reference_update:
-            fvp = hessian_vector_product(lambda p: self._objective(p, fisher_data, cfg.first_order).kl, params,
+            fvp = hessian_vector_product(lambda p: self._objective(p, fisher_data, cfg.first_order)[1], params,
                                          cfg.cg_damping)
         else:
-            fvp = chunked_fisher_product(
-                lambda p, chunk: kl_curvature_outputs(self.policy, p, chunk, cfg.inner_lr, cfg.num_inner_steps,
-                                                      cfg.first_order, cfg.inner_estimator),
+            # The mean KL's Hessian is the mean of its terms' (one term unless outer_steps: all).
+            term_products = [chunked_fisher_product(
+                lambda p, chunk, steps=steps: kl_curvature_outputs(self.policy, p, chunk, cfg.inner_lr, steps,
+                                                                   cfg.first_order, cfg.inner_estimator),
                 params,
-                fisher_data,
-                cfg.cg_damping,
-            )
+                batch,
+            ) for steps, batch in self._terms(fisher_data)]
+
+            def fvp(v: torch.Tensor) -> torch.Tensor:
+                return cfg.cg_damping * v + sum(product(v) for product in term_products) / len(term_products)
         step_dir, fisher_step = conjugate_gradient(fvp, flat_grad, iters=cfg.cg_iters)
         # Quadratic model of the KL along the step: 0.5 s^T F s; scale it to reach max_kl.
         shs = 0.5 * (step_dir @ fisher_step).item()

@@ -60,6 +60,18 @@ class TaskBatch:
         size = max(1, max_steps // max(per_task, 1))
         return [self.tasks(start, min(start + size, self.num_tasks)) for start in range(0, self.num_tasks, size)]
 
+    def first_steps(self, k: int) -> TaskBatch:
+        """The problem of inner step k alone: adapt on the first k train sets, evaluate on the episodes
+        that the step-k parameters sampled (train set k, or `valid` after the last step).
+
+        Needs one train set per inner step (each set after the first is a valid sample of the
+        previous step's parameters); `k` in 1 .. len(train)."""
+        if not 1 <= k <= len(self.train):
+            raise ValueError(f"k must be in 1..{len(self.train)}, got {k}")
+        if k == len(self.train):
+            return self
+        return TaskBatch(self.train[:k], self.train[k], self.train_advantages[:k], self.train_advantages[k])
+
     def task(self, i: int) -> tuple[list[Episodes], Episodes, list[torch.Tensor], torch.Tensor]:
         """Task i's (padded) train episode sets, valid episodes and their advantages."""
         return [_episodes_at(e, i) for e in self.train], _episodes_at(self.valid, i), \

@@ -526,3 +526,57 @@ def test_meta_sgd_trpo_step_moves_the_step_sizes_like_the_reference() -> None:
     assert float((flatten_params(adam.step_sizes()) - INNER_LR).abs().max()) > 0
     with pytest.raises(ValueError, match="inner_lrs"):
         MAMLTRPO(make_policy(), MAMLConfig()).load_step_sizes(adam.step_sizes())
+
+
+def two_step_tasks(policy: GaussianMLPPolicy, goals=(1.0, -1.0, 0.5)) -> tuple[list, list, list]:
+    """Per task: the episodes of inner steps 1 and 2 and the valid episodes (independent draws)."""
+    steps = [[make_episodes(policy, g, seed=100 * k + i) for i, g in enumerate(goals)] for k in range(2)]
+    valid = [make_episodes(policy, g, seed=500 + i) for i, g in enumerate(goals)]
+    return steps[0], steps[1], valid
+
+
+def test_the_all_steps_objective_is_the_mean_of_each_steps_own_problem() -> None:
+    """outer_steps: all, two inner steps: the loss, its meta-gradient and the KL's curvature are the
+    mean of the one-step problem (adapt on step 1's episodes, evaluated on step 2's, sampled by the
+    step-1 parameters) and the two-step problem, each built on its own; a meta-step differs from the
+    last-step objective's and follows the per-task reference."""
+    policy = make_policy()
+    first, second, valid = two_step_tasks(policy)
+    n = len(first)
+    per_task = [([first[i], second[i]], valid[i]) for i in range(n)]
+    one_step = prepare_tasks([(first[i], second[i]) for i in range(n)])
+    two_steps = prepare_tasks(per_task)
+    params = {name: p.detach().requires_grad_(True) for name, p in policy.parameters_dict().items()}
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps="all"))
+    loss, kl, _ = learner._objective(params, two_steps, first_order=False)
+    want = (outer_objective_per_task(policy, params, one_step, INNER_LR, 1).loss
+            + outer_objective_per_task(policy, params, two_steps, INNER_LR, 2).loss) / 2
+    torch.testing.assert_close(loss, want)
+    for got, expected in zip(torch.autograd.grad(loss, list(params.values())),
+                             torch.autograd.grad(want, list(params.values())), strict=True):
+        torch.testing.assert_close(got, expected)
+    assert float(kl.detach()) == 0.0
+    v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(1))
+
+    def kl_product(kl_of) -> torch.Tensor:
+        return hessian_vector_product(kl_of, params, 0.0)(v)
+
+    torch.testing.assert_close(
+        kl_product(lambda p: learner._objective(p, two_steps, first_order=False)[1]),
+        0.5 * (kl_product(lambda p: outer_objective(policy, p, one_step, INNER_LR, 1).kl)
+               + kl_product(lambda p: outer_objective(policy, p, two_steps, INNER_LR, 2).kl)))
+
+    moved = {}
+    for outer_steps, reference in (("last", False), ("all", False), ("all", True)):
+        policy = make_policy()
+        before = flatten_params(policy.parameters_dict()).detach().clone()
+        config = MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps=outer_steps, cg_iters=5,
+                            reference_update=reference)
+        assert MAMLTRPO(policy, config).step(per_task).step_accepted
+        moved[outer_steps, reference] = flatten_params(policy.parameters_dict()).detach() - before
+    torch.testing.assert_close(moved["all", False], moved["all", True], rtol=0, atol=1e-6)
+    assert float((moved["all", False] - moved["last", False]).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="one train episode set per inner step"):
+        MAMLTRPO(make_policy(), MAMLConfig(num_inner_steps=2, outer_steps="all")).step(
+            [(first[i], valid[i]) for i in range(n)])
