@@ -5,6 +5,14 @@ r"""Render a checkpoint's policy on chosen terrains, before and after adaptation
 
 With --adapt-steps k > 0 the video has two rows: the policy as loaded (top) and after k
 adaptation steps on each terrain (bottom). Each panel shows the task and the running return.
+A context adapter (scripts/train_context.py) is shown after --adapt-episodes episodes of
+experience on each terrain: its estimate from them held fixed (`ContextPolicy.with_embedding`).
+--physics sets the tasks' physics, e.g. the quadruped family's held-out slippery ground and weak
+motors:
+
+    python scripts/render_rollout.py --checkpoint assets/checkpoints/context_quadruped_terrain_physics.pt \
+        --robot quadruped --height-scan --terrains slope_down:0.5 obstacles:0.5 \
+        --physics friction=0.2 motor_strength=0.6 --out runs/videos/quadruped_context.mp4
 """
 
 from __future__ import annotations
@@ -14,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from agents.continual.initial import fold_context, load_init
+from agents.meta.context import ContextPolicy
 from agents.meta.inner import adapt
-from agents.runs.checkpoint import load_checkpoint
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.video import render_policy
 from agents.sampler import Sampler
-from envs.tasks import Goal, Task, Terrain
+from envs.tasks import Goal, Physics, Task, Terrain
 
 
 def parse_terrain(text: str) -> Terrain:
@@ -34,6 +43,21 @@ def parse_terrain(text: str) -> Terrain:
     return Terrain(parts[0], difficulty, seed)
 
 
+def parse_physics(entries: list[str]) -> Physics:
+    """['friction=0.2', ...] -> Physics (ValueError naming the field and the allowed ones)."""
+    values: dict[str, float] = {}
+    allowed = sorted(name for name in Physics.__dataclass_fields__ if name != "disabled_actuators")
+    for entry in entries:
+        name, _, value = entry.partition("=")
+        if name not in allowed:
+            raise ValueError(f"--physics entries must look like NAME=VALUE with NAME one of {allowed}, got {entry!r}")
+        try:
+            values[name] = float(value)
+        except ValueError as error:
+            raise ValueError(f"--physics {name}: the value must be a number, got {value!r}") from error
+    return Physics(**values)
+
+
 def main() -> None:
     """Load, optionally adapt per terrain, render the grid."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +70,8 @@ def main() -> None:
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--adapt-episodes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200, help="frames (env steps) per panel")
+    parser.add_argument("--physics", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="physics of every task, e.g. friction=0.2 motor_strength=0.6")
     parser.add_argument("--height-scan", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/videos/rollout.mp4"))
@@ -56,12 +82,20 @@ def main() -> None:
         raise ValueError(f"--out must end in .mp4 or .gif, got {args.out.name!r}")
     if args.adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be >= 0, got {args.adapt_steps}")
-    tasks = [Task(parse_terrain(t), goal=Goal(target_velocity=args.target_velocity)) for t in args.terrains]
+    physics = parse_physics(args.physics)
+    tasks = [Task(parse_terrain(t), physics, Goal(target_velocity=args.target_velocity)) for t in args.terrains]
     sampler = Sampler(args.robot, args.steps, height_scan=args.height_scan)
-    policy = load_checkpoint(args.checkpoint, expected_robot=args.robot, expected_obs_dim=sampler.obs_dim,
-                             expected_act_dim=sampler.act_dim).policy
-    params: list = [None] * len(tasks)
-    labels = [f"before: {t.describe()}" if args.adapt_steps else t.describe() for t in tasks]
+    start = load_init(args.checkpoint, args.robot, sampler.obs_dim, sampler.act_dim)
+    if isinstance(start, ContextPolicy):
+        if args.adapt_steps:
+            raise ValueError("--adapt-steps: a context adapter adapts from experience (--adapt-episodes), "
+                             "not by gradient steps; leave --adapt-steps at 0")
+        folded = [fold_context(start, sampler, task, args.adapt_episodes, seed=args.seed)[0] for task in tasks]
+        policy, params = folded[0], [f.parameters_dict() for f in folded]
+        labels = [f"context after {args.adapt_episodes} ep.: {t.describe()}" for t in tasks]
+    else:
+        policy, params = start, [None] * len(tasks)
+        labels = [f"before: {t.describe()}" if args.adapt_steps else t.describe() for t in tasks]
     if args.adapt_steps:
         adapted = [dict(policy.named_parameters()) for _ in tasks]
         for k in range(args.adapt_steps):

@@ -203,3 +203,20 @@ def test_a_curriculum_starts_from_a_context_adapter_folded_on_its_first_stage(tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert "init: context adapter" in result.stdout
     assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_a_context_adapter_renders_after_its_experience_on_each_terrain(tmp_path, teacher_path):
+    config = ContextConfig(teacher=str(teacher_path), iterations=1, checkpoint_every=1, **TINY)
+    train_context(config, run_dir(tmp_path / "context", config), progress=False)
+    out = tmp_path / "context.mp4"
+    command = [sys.executable, str(ROOT / "scripts" / "render_rollout.py"), "--checkpoint",
+               str(latest_checkpoint(tmp_path / "context")), "--terrains", "flat:0", "gaps:0.3", "--steps", "10",
+               "--adapt-episodes", "1", "--physics", "friction=0.2", "motor_strength=0.6", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "context after 1 ep.: gaps@0.30" in result.stdout
+    assert out.is_file()
+    bad = subprocess.run([*command[:-5], "--physics", "grip=2", "--out", str(tmp_path / "bad.mp4")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--physics" in bad.stderr and "friction" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.mp4").exists()
