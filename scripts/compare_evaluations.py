@@ -9,6 +9,10 @@ better, and whether the difference is distinguishable from zero.
     python scripts/compare_evaluations.py --a runs/eval_dice/results.json \
         --b assets/results/adaptation_cheetah_velocity.json --label-a dice --label-b score \
         --out assets/results/comparison_velocity_estimator.json
+
+`--unadapted-b` pairs A at every step with B before adaptation: e.g. a context adapter after j
+episodes of experience against the multi-task policy as it is (`--method-a context --method-b
+pretrained`, the same evaluation as --a and --b).
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ def check_same_tasks(a: dict, b: dict) -> None:
         raise ValueError("tasks: the evaluations drew different tasks")
 
 
-def compare(a: dict, b: dict, method_a: str, method_b: str, reps: int = 10_000) -> dict:
-    """Per step: A minus B paired by task (return; speed error for velocity tasks), with intervals."""
+def compare(a: dict, b: dict, method_a: str, method_b: str, reps: int = 10_000, unadapted_b: bool = False) -> dict:
+    """Per step: A minus B paired by task (return; speed error for velocity tasks), with intervals.
+    With `unadapted_b`, A at every step minus B before adaptation (B as it is, never adapted)."""
     check_same_tasks(a, b)
     seeds, steps = a["config"]["seeds"], a["config"]["steps"]
     returns_a, returns_b = per_task(a, method_a, "return"), per_task(b, method_b, "return")
@@ -60,25 +65,29 @@ def compare(a: dict, b: dict, method_a: str, method_b: str, reps: int = 10_000) 
     speeds_b = per_task(b, method_b, "speed") if tracking else None
     rows = []
     for step in range(steps + 1):
-        strata = [np.array([returns_a[(s, t, step)] - returns_b[(s, t, step)] for t in range(len(targets[i]))])
+        step_b = 0 if unadapted_b else step
+        strata = [np.array([returns_a[(s, t, step)] - returns_b[(s, t, step_b)] for t in range(len(targets[i]))])
                   for i, s in enumerate(seeds)]
         mean, low, high = stratified_bootstrap(strata, "mean", reps=reps)
         p, p_low, p_high = stratified_bootstrap(strata, "p_improvement", reps=reps)
         row = {"step": step, "return_difference": mean, "low": low, "high": high,
                "p_a_better": p, "p_low": p_low, "p_high": p_high, "distinguishable": bool(low > 0 or high < 0)}
         if tracking:
-            error = [np.array([abs(speeds_a[(s, t, step)] - targets[i][t]) - abs(speeds_b[(s, t, step)] - targets[i][t])
+            error = [np.array([abs(speeds_a[(s, t, step)] - targets[i][t])
+                               - abs(speeds_b[(s, t, step_b)] - targets[i][t])
                                for t in range(len(targets[i]))]) for i, s in enumerate(seeds)]
             e_mean, e_low, e_high = stratified_bootstrap(error, "mean", reps=reps)
             row |= {"speed_error_difference": e_mean, "speed_error_low": e_low, "speed_error_high": e_high}
         rows.append(row)
     n_tasks = sum(len(t) for t in targets)
     return {"family": a["metadata"]["family"], "seeds": seeds, "tasks": n_tasks,
-            "episodes_per_task": a["config"]["episodes_per_task"], "rows": rows}
+            "episodes_per_task": a["config"]["episodes_per_task"], "unadapted_b": unadapted_b, "rows": rows}
 
 
 def to_markdown(result: dict, label_a: str, label_b: str) -> str:
     """The comparison's table."""
+    if result.get("unadapted_b"):
+        label_b = f"{label_b} before adaptation"
     lines = [f"{label_a} minus {label_b}, paired by task: family `{result['family']}`, {result['tasks']} held-out "
              f"tasks (seeds {', '.join(map(str, result['seeds']))}), {result['episodes_per_task']} episodes per task "
              "and step; 95% stratified-bootstrap intervals (tasks resampled within seeds).", "",
@@ -108,13 +117,15 @@ def main() -> None:
     parser.add_argument("--method-b", default="maml", help="the method of --b to compare")
     parser.add_argument("--label-a", default="A")
     parser.add_argument("--label-b", default="B")
+    parser.add_argument("--unadapted-b", action="store_true",
+                        help="compare A at every step with B before adaptation (B as it is)")
     parser.add_argument("--out", type=Path, help="write the comparison here (JSON)")
     args = parser.parse_args()
     if args.out is not None:
         check_writable(args.out.parent, "out")
     a, b = (json.loads(path.read_text(encoding="utf-8")) for path in (args.a, args.b))
-    result = compare(a, b, args.method_a, args.method_b) | {"label_a": args.label_a, "label_b": args.label_b,
-                                                            "a": str(args.a), "b": str(args.b)}
+    result = compare(a, b, args.method_a, args.method_b, unadapted_b=args.unadapted_b)
+    result |= {"label_a": args.label_a, "label_b": args.label_b, "a": str(args.a), "b": str(args.b)}
     if args.out is not None:
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     print(to_markdown(result, args.label_a, args.label_b))

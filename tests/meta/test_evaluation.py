@@ -256,6 +256,11 @@ def test_comparing_two_evaluations_pairs_them_task_by_task(load_script) -> None:
         assert row["return_difference"] == pytest.approx(versus[row["step"]]["mean"])
         assert (row["low"], row["high"]) == pytest.approx((versus[row["step"]]["mean_low"],
                                                            versus[row["step"]]["mean_high"]))
+    unadapted = compare.compare(shipped, shipped, "maml", "pretrained", unadapted_b=True)
+    before = {row["step"]: row for row in shipped["versus"] if row["other"] == "pretrained"}[0]["mean"]
+    gains = {row["step"]: row["mean"] for row in shipped["gains"] if row["method"] == "maml"}
+    for row in unadapted["rows"]:  # A at step j minus B before = (A before - B before) + A's gain at j
+        assert row["return_difference"] == pytest.approx(before + gains.get(row["step"], 0.0))
     same = compare.compare(shipped, shipped, "maml", "maml")
     assert all(row["return_difference"] == 0 and not row["distinguishable"] for row in same["rows"])
     check = json.loads((results_dir / "adaptation_cheetah_velocity_check.json").read_text())
