@@ -460,15 +460,20 @@ class MAMLTRPO:
             fvp = hessian_vector_product(lambda p: self._objective(p, fisher_data, cfg.first_order)[1], params,
                                          cfg.cg_damping)
         else:
-            # The mean KL's Hessian is the mean of its terms' (one term unless outer_steps: all).
+            # The mean KL's Hessian is the mean of its terms' (one term unless outer_steps: all); one
+            # term keeps the damping inside the chunked product, so its sums round exactly as before.
+            terms = self._terms(fisher_data)
             term_products = [chunked_fisher_product(
                 lambda p, chunk, steps=steps: kl_curvature_outputs(self.policy, p, chunk, cfg.inner_lr, steps,
                                                                    cfg.first_order, cfg.inner_estimator),
                 params,
                 batch,
-            ) for steps, batch in self._terms(fisher_data)]
+                cfg.cg_damping if len(terms) == 1 else 0.0,
+            ) for steps, batch in terms]
 
             def fvp(v: torch.Tensor) -> torch.Tensor:
+                if len(term_products) == 1:
+                    return term_products[0](v)
                 return cfg.cg_damping * v + sum(product(v) for product in term_products) / len(term_products)
         step_dir, fisher_step = conjugate_gradient(fvp, flat_grad, iters=cfg.cg_iters)
         # Quadratic model of the KL along the step: 0.5 s^T F s; scale it to reach max_kl.
