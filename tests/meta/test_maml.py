@@ -17,9 +17,8 @@ from agents.meta.inner import (
     masked_mean,
     surrogate_weights,
 )
-from agents.meta.maml import (
-    MAMLTRPO,
-    MAMLConfig,
+from agents.meta.maml import MAMLTRPO, MAMLConfig
+from agents.meta.outer import (
     chunked_fisher_product,
     kl_curvature_outputs,
     outer_objective,
