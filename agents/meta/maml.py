@@ -68,6 +68,9 @@ class MAMLConfig:
     # the returns after each inner step ("all": the episodes sampled for step k + 1 are valid episodes
     # of the step-k parameters, so it costs no sampling), with the trust region on the mean KL of all.
     outer_steps: Literal["last", "all"] = "last"
+    # With outer_steps "all": each inner step's share of the objective and of its KL (normalised to
+    # sum 1; a zero drops that step's term). None: equal shares.
+    outer_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         positive = ("inner_lr", "max_kl", "outer_lr")
@@ -83,6 +86,13 @@ class MAMLConfig:
             raise ValueError(f"inner_estimator must be one of {list(INNER_ESTIMATORS)}, got {self.inner_estimator!r}")
         if self.outer_steps not in ("last", "all"):
             raise ValueError(f"outer_steps must be 'last' or 'all', got {self.outer_steps!r}")
+        if self.outer_weights is not None:
+            weights = tuple(self.outer_weights)
+            if self.outer_steps != "all":
+                raise ValueError(f"outer_weights needs outer_steps 'all', got {self.outer_steps!r}")
+            if len(weights) != self.num_inner_steps or min(weights) < 0 or not sum(weights) > 0:
+                raise ValueError(f"outer_weights must be {self.num_inner_steps} numbers >= 0 (one per inner step) "
+                                 f"with a positive sum, got {list(weights)}")
         if self.outer_optimizer not in ("trpo", "adam"):
             raise ValueError(f"outer_optimizer must be 'trpo' or 'adam', got {self.outer_optimizer!r}")
         if not self.cg_damping >= 0:
@@ -180,14 +190,18 @@ class MAMLTRPO:
                               len(sets), first_order=True)
         return [{name: p[i].detach() for name, p in adapted.items()} for i in range(len(episodes[0]))]
 
-    def _terms(self, tasks: TaskBatch) -> list[tuple[int, TaskBatch]]:
-        """The outer objective's terms, (inner steps, problem): the last step's, or every step's."""
-        if self.config.outer_steps == "last":
-            return [(self.config.num_inner_steps, tasks)]
-        if len(tasks.train) != self.config.num_inner_steps:
+    def _terms(self, tasks: TaskBatch) -> list[tuple[int, TaskBatch, float]]:
+        """The outer objective's terms, (inner steps, problem, weight): the last step's, or every step's
+        with a non-zero weight (`outer_weights`, normalised; equal when unset)."""
+        cfg = self.config
+        if cfg.outer_steps == "last":
+            return [(cfg.num_inner_steps, tasks, 1.0)]
+        if len(tasks.train) != cfg.num_inner_steps:
             raise ValueError(f"outer_steps: all needs one train episode set per inner step "
-                             f"({self.config.num_inner_steps}), got {len(tasks.train)}")
-        return [(k, tasks.first_steps(k)) for k in range(1, self.config.num_inner_steps + 1)]
+                             f"({cfg.num_inner_steps}), got {len(tasks.train)}")
+        weights = cfg.outer_weights or (1.0,) * cfg.num_inner_steps
+        total = sum(weights)
+        return [(k, tasks.first_steps(k), w / total) for k, w in enumerate(weights, start=1) if w > 0]
 
     def _objective(
         self,
@@ -196,7 +210,7 @@ class MAMLTRPO:
         first_order: bool,
         old: Sequence[Independent] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[Independent]]:
-        """Outer loss and KL, each the mean over the terms (`_terms`), and each term's adapted
+        """Outer loss and KL, each the weighted sum over the terms (`_terms`), and each term's adapted
         policies on its evaluation episodes (the next call's `old`)."""
         cfg = self.config
         objective = outer_objective_per_task if cfg.reference_update else outer_objective
@@ -204,9 +218,10 @@ class MAMLTRPO:
         olds = [None] * len(terms) if old is None else list(old)
         results = [objective(self.policy, params, batch, cfg.inner_lr, steps, first_order, term_old,
                              cfg.inner_estimator)
-                   for (steps, batch), term_old in zip(terms, olds, strict=True)]
-        loss = torch.stack([r.loss for r in results]).mean()
-        kl = torch.stack([r.kl for r in results]).mean()
+                   for (steps, batch, _), term_old in zip(terms, olds, strict=True)]
+        weights = [weight for _, _, weight in terms]
+        loss = sum(w * r.loss for w, r in zip(weights, results, strict=True))
+        kl = sum(w * r.kl for w, r in zip(weights, results, strict=True))
         return loss, kl, [r.distribution for r in results]
 
     def step(self, tasks: Sequence[tuple[Episodes | Sequence[Episodes], Episodes]]) -> MetaStepRecord:
@@ -269,22 +284,23 @@ class MAMLTRPO:
         )
 
     def _fisher_product(self, params: Params, data: TaskBatch) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`v -> (F + damping I) v`, F the outer KL's Hessian in Gauss-Newton form: the mean of its
-        terms' (`_terms`). One term keeps the damping inside its chunked product, as before there
+        """`v -> (F + damping I) v`, F the outer KL's Hessian in Gauss-Newton form: the weighted sum of
+        its terms' (`_terms`). One term keeps the damping inside its chunked product, as before there
         were terms, so the default objective's sums round exactly as they did."""
         cfg = self.config
         terms = self._terms(data)
         products = [chunked_fisher_product(
             lambda p, chunk, steps=steps: kl_curvature_outputs(self.policy, p, chunk, cfg.inner_lr, steps,
                                                                cfg.first_order, cfg.inner_estimator),
-            params, batch, cfg.cg_damping if len(terms) == 1 else 0.0) for steps, batch in terms]
+            params, batch, cfg.cg_damping if len(terms) == 1 else 0.0) for steps, batch, _ in terms]
         if len(products) == 1:
             return products[0]
+        weights = [weight for _, _, weight in terms]
 
-        def mean_product(v: torch.Tensor) -> torch.Tensor:
-            return cfg.cg_damping * v + sum(product(v) for product in products) / len(products)
+        def weighted_product(v: torch.Tensor) -> torch.Tensor:
+            return cfg.cg_damping * v + sum(w * product(v) for w, product in zip(weights, products, strict=True))
 
-        return mean_product
+        return weighted_product
 
     def _trpo_update(
         self,

@@ -50,6 +50,7 @@ class MetaTrainConfig:
     meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), saved with the policy
     outer_steps: Literal["last", "all"] = "last"  # meta-objective: the return after the last inner step, or
     # the mean of the returns after each (no extra sampling: step k+1's episodes are step k's valid ones)
+    outer_weights: tuple[float, ...] | None = None  # outer_steps all: each inner step's share (None: equal)
     outer_optimizer: Literal["trpo", "adam"] = "trpo"  # meta-update
     max_kl: float = 0.01  # TRPO trust region
     cg_damping: float = 1e-5  # Fisher damping in conjugate gradient
@@ -80,7 +81,7 @@ class MetaTrainConfig:
         """The learner's hyper-parameters."""
         return MAMLConfig(inner_lr=self.inner_lr, num_inner_steps=self.num_inner_steps,
                           first_order=self.first_order, inner_estimator=self.inner_estimator, meta_sgd=self.meta_sgd,
-                          outer_steps=self.outer_steps,
+                          outer_steps=self.outer_steps, outer_weights=self.outer_weights,
                           outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
                           cg_damping=self.cg_damping, fisher_every=self.fisher_every, outer_lr=self.outer_lr,
                           gamma=self.gamma, gae_lambda=self.gae_lambda)

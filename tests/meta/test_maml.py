@@ -579,3 +579,47 @@ def test_the_all_steps_objective_is_the_mean_of_each_steps_own_problem() -> None
     with pytest.raises(ValueError, match="one train episode set per inner step"):
         MAMLTRPO(make_policy(), MAMLConfig(num_inner_steps=2, outer_steps="all")).step(
             [(first[i], valid[i]) for i in range(n)])
+
+
+def test_outer_weights_weigh_each_steps_problem() -> None:
+    """outer_weights (3, 1) on two inner steps: the loss and its meta-gradient are 3/4 of the
+    one-step problem's plus 1/4 of the two-step problem's; the trust region's Fisher product is the
+    Hessian of the KL weighted alike; (0, 1) takes the same meta-step as the last-step objective;
+    weights of the wrong length, negative, or without outer_steps all are refused."""
+    policy = make_policy()
+    first, second, valid = two_step_tasks(policy)
+    n = len(first)
+    per_task = [([first[i], second[i]], valid[i]) for i in range(n)]
+    one_step = prepare_tasks([(first[i], second[i]) for i in range(n)])
+    two_steps = prepare_tasks(per_task)
+    params = {name: p.detach().requires_grad_(True) for name, p in policy.parameters_dict().items()}
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps="all",
+                                          outer_weights=(3.0, 1.0), cg_damping=0.0))
+    loss, _, _ = learner._objective(params, two_steps, first_order=False)
+    want = (0.75 * outer_objective_per_task(policy, params, one_step, INNER_LR, 1).loss
+            + 0.25 * outer_objective_per_task(policy, params, two_steps, INNER_LR, 2).loss)
+    torch.testing.assert_close(loss, want)
+    for got, expected in zip(torch.autograd.grad(loss, list(params.values())),
+                             torch.autograd.grad(want, list(params.values())), strict=True):
+        torch.testing.assert_close(got, expected)
+    v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(2))
+    weighted_kl_hessian = hessian_vector_product(
+        lambda p: 0.75 * outer_objective(policy, p, one_step, INNER_LR, 1).kl
+        + 0.25 * outer_objective(policy, p, two_steps, INNER_LR, 2).kl, params, 0.0)(v)
+    torch.testing.assert_close(learner._fisher_product(params, two_steps)(v), weighted_kl_hessian)
+
+    moved = {}
+    for name, weights in (("last", None), ("all", (0.0, 1.0)), ("all", (3.0, 1.0))):
+        policy = make_policy()
+        before = flatten_params(policy.parameters_dict()).detach().clone()
+        config = MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps=name, outer_weights=weights,
+                            cg_iters=5)
+        assert MAMLTRPO(policy, config).step(per_task).step_accepted
+        moved[weights] = flatten_params(policy.parameters_dict()).detach() - before
+    torch.testing.assert_close(moved[0.0, 1.0], moved[None], rtol=0, atol=1e-9)
+    assert float((moved[3.0, 1.0] - moved[None]).abs().max()) > 1e-4
+    for bad in (dict(outer_steps="all", outer_weights=(1.0,)), dict(outer_steps="all", outer_weights=(1.0, -1.0)),
+                dict(outer_steps="all", outer_weights=(0.0, 0.0)), dict(outer_weights=(1.0, 1.0))):
+        with pytest.raises(ValueError, match="outer_weights"):
+            MAMLConfig(num_inner_steps=2, **bad)
