@@ -25,7 +25,7 @@ from agents.meta.outer import (
     outer_objective_per_task,
 )
 from agents.meta.returns import baseline_advantages
-from agents.meta.task_batch import prepare_tasks
+from agents.meta.task_batch import TaskBatch, prepare_tasks
 from agents.meta.trpo import flatten_params, gauss_newton_vector_product, hessian_vector_product, unflatten_params
 from agents.policy import GaussianMLPPolicy
 
@@ -534,18 +534,32 @@ def two_step_tasks(policy: GaussianMLPPolicy, goals=(1.0, -1.0, 0.5)) -> tuple[l
     return steps[0], steps[1], valid
 
 
+def two_step_problems(policy: GaussianMLPPolicy) -> tuple[list, TaskBatch, TaskBatch, dict]:
+    """Per-task (two train sets, valid) pairs; the one-step problem (adapt on step 1's episodes,
+    evaluated on step 2's, which the step-1 parameters sampled) and the two-step problem, prepared;
+    and the policy's parameters as meta-parameters."""
+    first, second, valid = two_step_tasks(policy)
+    per_task = [([f, s], v) for f, s, v in zip(first, second, valid, strict=True)]
+    one_step = prepare_tasks(list(zip(first, second, strict=True)))
+    params = {name: p.detach().requires_grad_(True) for name, p in policy.parameters_dict().items()}
+    return per_task, one_step, prepare_tasks(per_task), params
+
+
+def meta_step_change(config: MAMLConfig, per_task: list) -> torch.Tensor:
+    """How far one accepted meta-step from a fresh policy moves its parameters (flat)."""
+    policy = make_policy()
+    before = flatten_params(policy.parameters_dict()).detach().clone()
+    assert MAMLTRPO(policy, config).step(per_task).step_accepted
+    return flatten_params(policy.parameters_dict()).detach() - before
+
+
 def test_the_all_steps_objective_is_the_mean_of_each_steps_own_problem() -> None:
     """outer_steps: all, two inner steps: the loss, its meta-gradient and the KL's curvature are the
     mean of the one-step problem (adapt on step 1's episodes, evaluated on step 2's, sampled by the
     step-1 parameters) and the two-step problem, each built on its own; a meta-step differs from the
     last-step objective's and follows the per-task reference."""
     policy = make_policy()
-    first, second, valid = two_step_tasks(policy)
-    n = len(first)
-    per_task = [([first[i], second[i]], valid[i]) for i in range(n)]
-    one_step = prepare_tasks([(first[i], second[i]) for i in range(n)])
-    two_steps = prepare_tasks(per_task)
-    params = {name: p.detach().requires_grad_(True) for name, p in policy.parameters_dict().items()}
+    per_task, one_step, two_steps, params = two_step_problems(policy)
     learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps="all"))
     loss, kl, _ = learner._objective(params, two_steps, first_order=False)
     want = (outer_objective_per_task(policy, params, one_step, INNER_LR, 1).loss
@@ -566,19 +580,15 @@ def test_the_all_steps_objective_is_the_mean_of_each_steps_own_problem() -> None
         0.5 * (kl_product(lambda p: outer_objective(policy, p, one_step, INNER_LR, 1).kl)
                + kl_product(lambda p: outer_objective(policy, p, two_steps, INNER_LR, 2).kl)))
 
-    moved = {}
-    for outer_steps, reference in (("last", False), ("all", False), ("all", True)):
-        policy = make_policy()
-        before = flatten_params(policy.parameters_dict()).detach().clone()
-        config = MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps=outer_steps, cg_iters=5,
-                            reference_update=reference)
-        assert MAMLTRPO(policy, config).step(per_task).step_accepted
-        moved[outer_steps, reference] = flatten_params(policy.parameters_dict()).detach() - before
+    moved = {(outer_steps, reference): meta_step_change(
+        MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps=outer_steps, cg_iters=5,
+                   reference_update=reference), per_task)
+        for outer_steps, reference in (("last", False), ("all", False), ("all", True))}
     torch.testing.assert_close(moved["all", False], moved["all", True], rtol=0, atol=1e-6)
     assert float((moved["all", False] - moved["last", False]).abs().max()) > 1e-4
     with pytest.raises(ValueError, match="one train episode set per inner step"):
         MAMLTRPO(make_policy(), MAMLConfig(num_inner_steps=2, outer_steps="all")).step(
-            [(first[i], valid[i]) for i in range(n)])
+            [(train[0], valid) for train, valid in per_task])
 
 
 def test_outer_weights_weigh_each_steps_problem() -> None:
@@ -587,12 +597,7 @@ def test_outer_weights_weigh_each_steps_problem() -> None:
     Hessian of the KL weighted alike; (0, 1) takes the same meta-step as the last-step objective;
     weights of the wrong length, negative, or without outer_steps all are refused."""
     policy = make_policy()
-    first, second, valid = two_step_tasks(policy)
-    n = len(first)
-    per_task = [([first[i], second[i]], valid[i]) for i in range(n)]
-    one_step = prepare_tasks([(first[i], second[i]) for i in range(n)])
-    two_steps = prepare_tasks(per_task)
-    params = {name: p.detach().requires_grad_(True) for name, p in policy.parameters_dict().items()}
+    per_task, one_step, two_steps, params = two_step_problems(policy)
     learner = MAMLTRPO(policy, MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps="all",
                                           outer_weights=(3.0, 1.0), cg_damping=0.0))
     loss, _, _ = learner._objective(params, two_steps, first_order=False)
@@ -609,14 +614,10 @@ def test_outer_weights_weigh_each_steps_problem() -> None:
         + 0.25 * outer_objective(policy, p, two_steps, INNER_LR, 2).kl, params, 0.0)(v)
     torch.testing.assert_close(learner._fisher_product(params, two_steps)(v), weighted_kl_hessian)
 
-    moved = {}
-    for name, weights in (("last", None), ("all", (0.0, 1.0)), ("all", (3.0, 1.0))):
-        policy = make_policy()
-        before = flatten_params(policy.parameters_dict()).detach().clone()
-        config = MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps=name, outer_weights=weights,
-                            cg_iters=5)
-        assert MAMLTRPO(policy, config).step(per_task).step_accepted
-        moved[weights] = flatten_params(policy.parameters_dict()).detach() - before
+    moved = {weights: meta_step_change(
+        MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, outer_steps=name, outer_weights=weights, cg_iters=5),
+        per_task)
+        for name, weights in (("last", None), ("all", (0.0, 1.0)), ("all", (3.0, 1.0)))}
     torch.testing.assert_close(moved[0.0, 1.0], moved[None], rtol=0, atol=1e-9)
     assert float((moved[3.0, 1.0] - moved[None]).abs().max()) > 1e-4
     for bad in (dict(outer_steps="all", outer_weights=(1.0,)), dict(outer_steps="all", outer_weights=(1.0, -1.0)),
