@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from agents.meta.adaptation_result import AdaptationConfig, AdaptationResult
 from agents.meta.context import ContextPolicy, ContinuedContext
-from agents.meta.inner import InnerLR, adapt
+from agents.meta.inner import InnerLR, adapt, check_step_sizes, per_step_sizes
 from agents.meta.retrieval import SkillLibrary, embed_episodes
 from agents.policy import GaussianMLPPolicy, Params
 from agents.sampler import Sampler
@@ -192,11 +192,13 @@ def _adaptation_curve(policy: MethodPolicy, sampler: Sampler, tasks: Sequence[Ta
                 retrieved.extend(skill.name for skill in chosen)
             params = [{name: p.detach() for name, p in skill.policy.named_parameters()} for skill in chosen]
         elif step < config.steps:
+            # the inner step's index picks per-step learned sizes; a library's first step is retrieval
             params = [
                 {name: p.detach() for name, p in adapt(policy, task_params, task_episodes, inner_lr,
                                                        first_order=True, gamma=config.gamma,
                                                        gae_lambda=config.gae_lambda,
-                                                       normalize_advantages=config.normalize_advantages).items()}
+                                                       normalize_advantages=config.normalize_advantages,
+                                                       step=step - (library is not None)).items()}
                 for task_params, task_episodes in zip(params, episodes, strict=True)
             ]
         bar.update(1)
@@ -260,9 +262,12 @@ def compare(
         for name, lrs in inner_lrs.items():
             if name not in policies or not isinstance(policies[name][0], GaussianMLPPolicy):
                 raise ValueError(f"inner_lrs: {name!r} is not a gradient-adapted method ({sorted(policies)})")
-            expected = {n: tuple(p.shape) for n, p in policies[name][0].named_parameters()}
-            if {n: tuple(t.shape) for n, t in lrs.items()} != expected:
-                raise ValueError(f"inner_lrs[{name!r}]: need one step-size tensor per parameter of its policy")
+            params = dict(policies[name][0].named_parameters())
+            check_step_sizes(lrs, params, f"inner_lrs[{name!r}]")
+            covered = per_step_sizes(lrs, params)
+            if covered is not None and covered < config.steps:
+                raise ValueError(f"inner_lrs[{name!r}]: per-step sizes for {covered} inner steps, "
+                                 f"steps is {config.steps}; evaluate at most {covered}")
         result = AdaptationResult(robot, per_seed_tasks, config, learned_step_sizes=sorted(inner_lrs),
                                   by_experience=[n for n, p in policies.items() if isinstance(p[0], ContextPolicy)])
         total = len(methods) * len(config.seeds) * (config.steps + 1)

@@ -67,15 +67,48 @@ def surrogate_weights(log_probs: torch.Tensor, mask: torch.Tensor, estimator: st
     return magic_box(cumulative) - magic_box(previous)
 
 
-#: an inner step size: one for every parameter, or one tensor per parameter name (Meta-SGD)
+#: an inner step size: one for every parameter, or one tensor per parameter name (Meta-SGD). A
+#: learned tensor has its parameter's shape (the same sizes at every inner step) or one more, leading
+#: axis with one entry per inner step (per-step sizes, as MAML++'s per-step learning rates).
 InnerLR = float | Mapping[str, torch.Tensor]
 #: prefix of the learned step sizes' names when they travel with the meta-parameters (Meta-SGD)
 LR_PREFIX = "inner_lr."
 
 
-def step_size(inner_lr: InnerLR, name: str) -> float | torch.Tensor:
-    """The inner step size of parameter `name`: the number, or its own tensor (Meta-SGD)."""
-    return inner_lr[name] if isinstance(inner_lr, Mapping) else inner_lr
+def step_size(inner_lr: InnerLR, name: str, param: torch.Tensor, step: int = 0) -> float | torch.Tensor:
+    """The size of inner step `step` (0 the first) for parameter `name`, of `param`'s shape: the
+    number, its own tensor (Meta-SGD), or that tensor's entry for `step` (per-step sizes)."""
+    if not isinstance(inner_lr, Mapping):
+        return inner_lr
+    size = inner_lr[name]
+    if size.dim() == param.dim():
+        return size
+    if not 0 <= step < size.shape[0]:
+        raise ValueError(f"inner_lrs: the learned step sizes cover {size.shape[0]} inner steps, step {step + 1} asked")
+    return size[step]
+
+
+def per_step_sizes(inner_lr: InnerLR, params: Mapping[str, torch.Tensor]) -> int | None:
+    """How many inner steps learned per-step sizes cover (None: a number, or one size for every step)."""
+    if not isinstance(inner_lr, Mapping):
+        return None
+    name, size = next(iter(inner_lr.items()))
+    return size.shape[0] if size.dim() == params[name].dim() + 1 else None
+
+
+def check_step_sizes(inner_lr: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], field: str) -> None:
+    """Raise a ValueError naming `field` unless `inner_lr` holds one tensor per parameter: all of
+    their parameter's shape, or all with the same leading per-step axis (length >= 1) before it."""
+    shapes = {name: tuple(p.shape) for name, p in params.items()}
+    given = {name: tuple(lr.shape) for name, lr in inner_lr.items()}
+    if set(given) != set(shapes):
+        raise ValueError(f"{field}: need one step-size tensor per parameter ({sorted(shapes)}), got {sorted(given)}")
+    shared = all(given[name] == shape for name, shape in shapes.items())
+    leading = {given[name][:1] for name, shape in shapes.items() if given[name][1:] == shape}
+    per_step = len(leading) == 1 and all(len(given[name]) == len(shape) + 1 for name, shape in shapes.items())
+    if not (shared or (per_step and leading.pop()[0] >= 1)):
+        raise ValueError(f"{field}: each step-size tensor must have its parameter's shape, or all the same "
+                         f"leading per-step axis before it; got {given}")
 
 
 def split_inner_lrs(params: Mapping[str, torch.Tensor], inner_lr: InnerLR) -> tuple[Params, InnerLR]:
@@ -118,6 +151,7 @@ def adapt(
     gae_lambda: float = 1.0,
     normalize_advantages: bool = True,
     estimator: str = "score",
+    step: int = 0,
 ) -> Params:
     """One inner SGD step: `params - inner_lr * grad(inner_loss(params))`.
 
@@ -132,13 +166,14 @@ def adapt(
         policy: the policy architecture.
         params: the parameters to adapt (e.g. `policy.parameters_dict()`); not modified.
         episodes: the task's training episodes.
-        inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD).
+        inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD, per step or not).
         first_order: drop the second-order terms of the meta-gradient.
         advantages: `[T, B]` precomputed advantages of `episodes`.
         gamma: discount factor for the advantages.
         gae_lambda: GAE lambda for the advantages.
         normalize_advantages: standardise the advantages over real steps.
         estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
+        step: which inner step this is (0 the first): picks per-step learned sizes.
     """
     if advantages is None:
         advantages = baseline_advantages(episodes, gamma, gae_lambda, normalize_advantages)
@@ -146,7 +181,7 @@ def adapt(
         inputs = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
         loss = inner_loss(policy, inputs, episodes, advantages, estimator)
         grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=not first_order, allow_unused=True)
-        return {name: p if g is None else p - step_size(inner_lr, name) * g
+        return {name: p if g is None else p - step_size(inner_lr, name, p, step) * g
                 for (name, p), g in zip(inputs.items(), grads, strict=True)}
 
 
@@ -204,6 +239,7 @@ def adapt_k_steps(
             gae_lambda,
             normalize_advantages,
             estimator,
+            k,
         )
     return current
 
@@ -247,7 +283,7 @@ def adapt_tasks(
         episodes: stacked train episodes (`stack_episodes`), `[N, T, B, ...]`: one set that every
             step reuses, or a sequence of `num_steps` sets (step k on set k).
         advantages: `[N, T, B]` constant advantages (a sequence, one per set, with a sequence).
-        inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD).
+        inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD, per step or not).
         num_steps: inner steps.
         first_order: drop the second-order terms of the meta-gradient.
         estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
@@ -270,6 +306,6 @@ def adapt_tasks(
             weights = surrogate_weights(log_probs, step_episodes.mask, estimator)
             loss = -task_means(weights * step_advantages.detach(), step_episodes.mask).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=not first_order, allow_unused=True)
-            current = {name: p if g is None else p - step_size(inner_lr, name) * g
+            current = {name: p if g is None else p - step_size(inner_lr, name, params[name], k) * g
                        for (name, p), g in zip(current.items(), grads, strict=True)}
     return current

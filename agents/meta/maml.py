@@ -30,7 +30,15 @@ import torch
 from torch.distributions import Independent
 
 from agents.episodes import Episodes
-from agents.meta.inner import INNER_ESTIMATORS, LR_PREFIX, InnerLR, adapt_tasks, detach_distribution
+from agents.meta.inner import (
+    INNER_ESTIMATORS,
+    LR_PREFIX,
+    InnerLR,
+    adapt_tasks,
+    check_step_sizes,
+    detach_distribution,
+    per_step_sizes,
+)
 from agents.meta.outer import (
     chunked_fisher_product,
     kl_curvature_outputs,
@@ -64,6 +72,7 @@ class MAMLConfig:
     reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
     inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
     meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), starting at inner_lr
+    meta_sgd_per_step: bool = False  # Meta-SGD: one set of learned step sizes per inner step
     # The outer objective: the return after the last inner step ("last", MAML's), or the mean over
     # the returns after each inner step ("all": the episodes sampled for step k + 1 are valid episodes
     # of the step-k parameters, so it costs no sampling), with the trust region on the mean KL of all.
@@ -93,6 +102,8 @@ class MAMLConfig:
             if len(weights) != self.num_inner_steps or min(weights) < 0 or not sum(weights) > 0:
                 raise ValueError(f"outer_weights must be {self.num_inner_steps} numbers >= 0 (one per inner step) "
                                  f"with a positive sum, got {list(weights)}")
+        if self.meta_sgd_per_step and not self.meta_sgd:
+            raise ValueError("meta_sgd_per_step needs meta_sgd: true (there are no learned step sizes without it)")
         if self.outer_optimizer not in ("trpo", "adam"):
             raise ValueError(f"outer_optimizer must be 'trpo' or 'adam', got {self.outer_optimizer!r}")
         if not self.cg_damping >= 0:
@@ -154,10 +165,13 @@ class MAMLTRPO:
         self.policy = policy
         self.config = MAMLConfig() if config is None else config
         self.optimizer: torch.optim.Optimizer | None = None
-        # Meta-SGD: one learned step size per parameter entry, meta-learned with the initialisation.
+        # Meta-SGD: one learned step size per parameter entry (and per inner step with
+        # meta_sgd_per_step), meta-learned with the initialisation.
         self.inner_lrs: dict[str, torch.nn.Parameter] | None = None
         if self.config.meta_sgd:
-            self.inner_lrs = {name: torch.nn.Parameter(torch.full_like(p.detach(), self.config.inner_lr))
+            steps = (self.config.num_inner_steps,) if self.config.meta_sgd_per_step else ()
+            self.inner_lrs = {name: torch.nn.Parameter(torch.full((*steps, *p.shape), self.config.inner_lr,
+                                                                  dtype=p.dtype))
                               for name, p in policy.named_parameters()}
         if self.config.outer_optimizer == "adam":
             extra = list(self.inner_lrs.values()) if self.inner_lrs else []
@@ -170,12 +184,30 @@ class MAMLTRPO:
         return {name: lr.detach() for name, lr in self.inner_lrs.items()}
 
     def load_step_sizes(self, inner_lrs: Mapping[str, torch.Tensor]) -> None:
-        """Set the learned step sizes (Meta-SGD; e.g. from a checkpoint's `extra_state["inner_lrs"]`)."""
-        if self.inner_lrs is None or set(inner_lrs) != set(self.inner_lrs):
-            raise ValueError("inner_lrs: the learner has no learned step sizes (meta_sgd: false) or other names")
+        """Set the learned step sizes (Meta-SGD; e.g. from a checkpoint's `extra_state["inner_lrs"]`).
+        A per-step learner takes one set for every step too (each step starts with those sizes)."""
+        if self.inner_lrs is None:
+            raise ValueError("inner_lrs: the learner has no learned step sizes (meta_sgd: false)")
+        params = self.policy.parameters_dict()
+        check_step_sizes(inner_lrs, params, "inner_lrs")
+        given_steps = per_step_sizes(inner_lrs, params)
+        own_steps = per_step_sizes(self.step_sizes(), params)
+        if given_steps is not None and given_steps != own_steps:
+            raise ValueError(f"inner_lrs: per-step sizes for {given_steps} inner steps, the learner has "
+                             + ("one set for every step" if own_steps is None else f"{own_steps} steps"))
         with torch.no_grad():
             for name, lr in self.inner_lrs.items():
-                lr.copy_(inner_lrs[name])
+                lr.copy_(inner_lrs[name].expand_as(lr))
+
+    def scale_step_sizes(self, scales: Sequence[float]) -> None:
+        """Multiply each inner step's learned sizes by its scale (per-step Meta-SGD; one scale per step)."""
+        if self.inner_lrs is None or not self.config.meta_sgd_per_step:
+            raise ValueError("scales: the learner has no per-step step sizes (meta_sgd_per_step: false)")
+        if len(scales) != self.config.num_inner_steps:
+            raise ValueError(f"scales: need {self.config.num_inner_steps} (one per inner step), got {list(scales)}")
+        with torch.no_grad():
+            for lr in self.inner_lrs.values():
+                lr.mul_(torch.tensor(scales, dtype=lr.dtype).view(-1, *[1] * (lr.dim() - 1)))
 
     def adapt_tasks(self, episodes: Sequence[Sequence[Episodes]]) -> list[Params]:
         """Detached adapted parameters of every task at once (first order, as `adapt`), one dict per task.

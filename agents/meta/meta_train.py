@@ -48,6 +48,9 @@ class MetaTrainConfig:
     first_order: bool = False  # first-order MAML (no second-order terms)
     inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
     meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), saved with the policy
+    meta_sgd_per_step: bool = False  # Meta-SGD: one set of sizes per inner step (an init's shared set seeds each)
+    init_step_scales: tuple[float, ...] | None = None  # meta_sgd_per_step: multiply each inner step's starting
+    # sizes (the init's, or inner_lr) by these before the first iteration, e.g. [1.5, 1, 1] for a longer first step
     outer_steps: Literal["last", "all"] = "last"  # meta-objective: the return after the last inner step, or
     # the mean of the returns after each (no extra sampling: step k+1's episodes are step k's valid ones)
     outer_weights: tuple[float, ...] | None = None  # outer_steps all: each inner step's share (None: equal)
@@ -76,11 +79,19 @@ class MetaTrainConfig:
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
         self.maml_config()  # validates the learner's fields
+        if self.init_step_scales is not None:
+            scales = tuple(self.init_step_scales)
+            if not self.meta_sgd_per_step:
+                raise ValueError("init_step_scales needs meta_sgd_per_step: true (one set of sizes per inner step)")
+            if len(scales) != self.num_inner_steps or not min(scales) > 0:
+                raise ValueError(f"init_step_scales must be {self.num_inner_steps} numbers > 0 (one per inner step), "
+                                 f"got {list(scales)}")
 
     def maml_config(self) -> MAMLConfig:
         """The learner's hyper-parameters."""
         return MAMLConfig(inner_lr=self.inner_lr, num_inner_steps=self.num_inner_steps,
                           first_order=self.first_order, inner_estimator=self.inner_estimator, meta_sgd=self.meta_sgd,
+                          meta_sgd_per_step=self.meta_sgd_per_step,
                           outer_steps=self.outer_steps, outer_weights=self.outer_weights,
                           outer_optimizer=self.outer_optimizer, max_kl=self.max_kl,
                           cg_damping=self.cg_damping, fisher_every=self.fisher_every, outer_lr=self.outer_lr,
@@ -166,6 +177,8 @@ def meta_train(config: MetaTrainConfig, run: RunDir, progress: bool = True,
                 learner.load_step_sizes(init.extra_state["inner_lrs"])
             # The run's budget includes what made its starting point.
             wall_time_s, env_steps = origin["budget"]["wall_time_s"], origin["budget"]["env_steps"]
+    if resume_from is None and config.init_step_scales is not None:
+        learner.scale_step_sizes(config.init_step_scales)
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from, expected_robot=family.robot, expected_obs_dim=sampler.obs_dim,
                                      expected_act_dim=sampler.act_dim)

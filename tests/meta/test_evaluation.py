@@ -239,6 +239,18 @@ def test_learned_step_sizes_are_the_ones_used(policies) -> None:
     with pytest.raises(ValueError, match="inner_lrs"):
         compare({"init": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"other": zero})
 
+    # Per-step sizes: step j adapts with its own entry, so a zero first step leaves step 1 as frozen.
+    per_step = {name: torch.stack([z, torch.full_like(z, CONFIG.inner_lr)]) for name, z in zero.items()}
+    stepped = compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"meta_sgd": per_step})
+    np.testing.assert_array_equal(stepped.returns["meta_sgd"][:, :, :2], frozen.returns["meta_sgd"][:, :, :2])
+    assert np.abs(stepped.returns["meta_sgd"][:, :, 2] - frozen.returns["meta_sgd"][:, :, 2]).min() > 1e-3
+    one_step = {name: sizes[:1] for name, sizes in per_step.items()}
+    with pytest.raises(ValueError, match=r"inner_lrs\['meta_sgd'\]: per-step sizes for 1 inner steps, steps is 2"):
+        compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"meta_sgd": one_step})
+    with pytest.raises(ValueError, match="parameter's shape"):
+        compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG,
+                inner_lrs={"meta_sgd": {**zero, "log_std": torch.zeros(2, 2, 2)}})
+
 
 def test_comparing_two_evaluations_pairs_them_task_by_task(load_script) -> None:
     """MAML against the pretrained policy of the same shipped evaluation, through the comparison

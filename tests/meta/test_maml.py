@@ -527,6 +527,55 @@ def test_meta_sgd_trpo_step_moves_the_step_sizes_like_the_reference() -> None:
         MAMLTRPO(make_policy(), MAMLConfig()).load_step_sizes(adam.step_sizes())
 
 
+def test_per_step_sizes_take_each_inner_steps_own_sizes() -> None:
+    policy = make_policy()
+    per_task = make_tasks(policy)
+    tasks = prepare_tasks(per_task)
+    params = policy.parameters_dict()
+    gen = torch.Generator().manual_seed(5)
+    first, second = ({name: INNER_LR * torch.rand(p.shape, generator=gen, dtype=p.dtype) for name, p in params.items()}
+                     for _ in range(2))
+    per_step = {name: torch.stack([first[name], second[name]]) for name in params}
+    batched = adapt_tasks(policy, params, tasks.train, tasks.train_advantages, per_step, 2)
+    for i, (train, _) in enumerate(per_task):
+        by_hand = adapt(policy, adapt(policy, params, train, first), train, second, step=1)
+        one_loop = adapt_k_steps(policy, params, train, per_step, 2)
+        for name in params:
+            torch.testing.assert_close(one_loop[name], by_hand[name], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(batched[name][i], by_hand[name], rtol=1e-10, atol=1e-12)
+    shared_first = adapt_k_steps(policy, params, per_task[0][0], first, 2)
+    stepwise = adapt_k_steps(policy, params, per_task[0][0], per_step, 2)
+    assert max(float((shared_first[n] - stepwise[n]).detach().abs().max()) for n in params) > 1e-6
+    with pytest.raises(ValueError, match="cover 2 inner steps, step 3 asked"):
+        adapt_k_steps(policy, params, per_task[0][0], per_step, 3)
+
+
+def test_per_step_sizes_are_meta_learned_step_by_step() -> None:
+    first, second, valid = two_step_tasks(make_policy())
+    per_task = [([f, s], v) for f, s, v in zip(first, second, valid, strict=True)]
+    config = MAMLConfig(inner_lr=INNER_LR, num_inner_steps=2, cg_iters=5, meta_sgd=True, meta_sgd_per_step=True)
+    learner = MAMLTRPO(make_policy(), config)
+    assert all(lr.shape == (2, *p.shape) for lr, p in zip(learner.step_sizes().values(),
+                                                          learner.policy.parameters(), strict=True))
+    assert learner.step(per_task).step_accepted
+    moved = {name: lr - INNER_LR for name, lr in learner.step_sizes().items()}
+    first_moves, second_moves = (flatten_params({n: m[k] for n, m in moved.items()}) for k in range(2))
+    assert float(first_moves.abs().max()) > 1e-4 and float(second_moves.abs().max()) > 1e-4
+    assert float((first_moves - second_moves).abs().max()) > 1e-4  # each step's sizes follow their own gradient
+
+    # An init's shared sizes seed every step; per-step sizes must match the learner's steps.
+    shared = {name: torch.full_like(p, 0.3) for name, p in learner.policy.named_parameters()}
+    learner.load_step_sizes(shared)
+    assert all(bool((lr == 0.3).all()) for lr in learner.step_sizes().values())
+    three = {name: torch.stack([s] * 3) for name, s in shared.items()}
+    with pytest.raises(ValueError, match="per-step sizes for 3 inner steps, the learner has 2 steps"):
+        learner.load_step_sizes(three)
+    with pytest.raises(ValueError, match="the learner has one set for every step"):
+        MAMLTRPO(make_policy(), MAMLConfig(inner_lr=INNER_LR, meta_sgd=True)).load_step_sizes(three)
+    with pytest.raises(ValueError, match="meta_sgd_per_step needs meta_sgd"):
+        MAMLConfig(meta_sgd_per_step=True)
+
+
 def two_step_tasks(policy: GaussianMLPPolicy, goals=(1.0, -1.0, 0.5)) -> tuple[list, list, list]:
     """Per task: the episodes of inner steps 1 and 2 and the valid episodes (independent draws)."""
     steps = [[make_episodes(policy, g, seed=100 * k + i) for i, g in enumerate(goals)] for k in range(2)]

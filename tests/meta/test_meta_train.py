@@ -89,3 +89,36 @@ def test_a_run_started_from_init_continues_its_policy_and_budget(tmp_path) -> No
         run(tmp_path / "wide", init=base_file, hidden_sizes=(16,))
     with pytest.raises(ValueError, match="init: .* trained on 'cheetah_velocity'"):
         run(tmp_path / "other", init=base_file, family="cheetah_direction")
+
+
+def test_per_step_sizes_start_from_the_inits_scaled_and_resume_unscaled(tmp_path) -> None:
+    import pytest
+
+    from agents.runs.checkpoint import load_checkpoint
+    from agents.runs.config import config_to_dict
+    from agents.runs.rundir import latest_checkpoint, prepare_run_dir
+
+    def run(root, iterations: int = 1, resume: bool = False, **fields):
+        config = MetaTrainConfig(**{**TINY, **fields}, iterations=iterations, meta_sgd=True, checkpoint_every=1,
+                                 num_threads=1)
+        folder = prepare_run_dir(root, resume=resume, config=config_to_dict(config), changeable={"iterations"})
+        meta_train(config, folder, progress=False)
+        path = latest_checkpoint(folder)
+        return load_checkpoint(path).extra_state["inner_lrs"], str(path)
+
+    shared, base_file = run(tmp_path / "base")
+    per_step = dict(num_inner_steps=2, meta_sgd_per_step=True, init=base_file, init_step_scales=(2.0, 1.0))
+    stepped, _ = run(tmp_path / "stepped", **per_step)
+    for name, sizes in stepped.items():
+        assert sizes.shape == (2, *shared[name].shape)
+        # one meta-step moves the sizes by far less than the scale did
+        torch.testing.assert_close(sizes[0], 2 * shared[name], rtol=0, atol=0.02)
+        torch.testing.assert_close(sizes[1], shared[name], rtol=0, atol=0.02)
+    resumed, _ = run(tmp_path / "stepped", iterations=2, resume=True, **per_step)
+    straight, _ = run(tmp_path / "straight", iterations=2, **per_step)
+    for name, sizes in straight.items():
+        assert torch.equal(resumed[name], sizes), name  # resuming does not scale again
+    with pytest.raises(ValueError, match="init_step_scales needs meta_sgd_per_step"):
+        MetaTrainConfig(**TINY, meta_sgd=True, num_inner_steps=2, init_step_scales=(2.0, 1.0))
+    with pytest.raises(ValueError, match=r"init_step_scales must be 2 numbers > 0 \(one per inner step\), got \[2.0\]"):
+        MetaTrainConfig(**TINY, meta_sgd=True, meta_sgd_per_step=True, num_inner_steps=2, init_step_scales=(2.0,))
