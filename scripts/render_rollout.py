@@ -5,7 +5,8 @@ r"""Render a checkpoint's policy on chosen terrains, before and after adaptation
 
 With --adapt-steps k > 0 the video has two rows: the policy as loaded (top) and after k
 adaptation steps on each terrain (bottom). Each panel shows the task and the running return.
-A context adapter (scripts/train_context.py) is shown after --adapt-episodes episodes of
+A checkpoint with learned step sizes (Meta-SGD, per step or not) adapts with them unless --inner-lr
+is given. A context adapter (scripts/train_context.py) is shown after --adapt-episodes episodes of
 experience on each terrain: its estimate from them held fixed (`ContextPolicy.with_embedding`).
 --physics sets the tasks' physics, e.g. the quadruped family's held-out slippery ground and weak
 motors:
@@ -24,7 +25,9 @@ import torch
 
 from agents.continual.initial import fold_context, load_init
 from agents.meta.context import ContextPolicy
-from agents.meta.inner import adapt
+from agents.meta.inner import InnerLR, adapt, per_step_sizes
+from agents.policy import GaussianMLPPolicy
+from agents.runs.checkpoint import load_checkpoint
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.video import render_policy
 from agents.sampler import Sampler
@@ -58,6 +61,25 @@ def parse_physics(entries: list[str]) -> Physics:
     return Physics(**values)
 
 
+DEFAULT_INNER_LR = 0.1
+
+
+def adaptation_step_sizes(checkpoint: Path, policy: GaussianMLPPolicy, inner_lr: float | None,
+                          adapt_steps: int) -> InnerLR:
+    """The step sizes to adapt with: `inner_lr` when given, else the checkpoint's learned ones
+    (Meta-SGD), else 0.1; learned per-step sizes must cover `adapt_steps` (ValueError otherwise)."""
+    if inner_lr is not None:
+        return inner_lr
+    learned = load_checkpoint(checkpoint).extra_state.get("inner_lrs")
+    if learned is None:
+        return DEFAULT_INNER_LR
+    covered = per_step_sizes(learned, policy.parameters_dict())
+    if covered is not None and covered < adapt_steps:
+        raise ValueError(f"--adapt-steps: the checkpoint's learned step sizes cover {covered} inner steps, "
+                         f"got {adapt_steps}; take at most {covered} or give --inner-lr")
+    return learned
+
+
 def main() -> None:
     """Load, optionally adapt per terrain, render the grid."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +89,8 @@ def main() -> None:
     parser.add_argument("--terrains", nargs="+", default=["flat:0", "rough:0.5", "stairs_up:0.4"])
     parser.add_argument("--target-velocity", type=float, default=None, help="track this speed (default: progress)")
     parser.add_argument("--adapt-steps", type=int, default=0, help="adaptation steps per terrain (0: none)")
-    parser.add_argument("--inner-lr", type=float, default=0.1)
+    parser.add_argument("--inner-lr", type=float, default=None,
+                        help="inner step size (default: the checkpoint's learned sizes, else 0.1)")
     parser.add_argument("--adapt-episodes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200, help="frames (env steps) per panel")
     parser.add_argument("--physics", nargs="+", default=[], metavar="NAME=VALUE",
@@ -97,10 +120,11 @@ def main() -> None:
         policy, params = start, [None] * len(tasks)
         labels = [f"before: {t.describe()}" if args.adapt_steps else t.describe() for t in tasks]
     if args.adapt_steps:
+        step_sizes = adaptation_step_sizes(args.checkpoint, policy, args.inner_lr, args.adapt_steps)
         adapted = [dict(policy.named_parameters()) for _ in tasks]
         for k in range(args.adapt_steps):
             episodes = sampler.sample(policy, tasks, args.adapt_episodes, params=adapted, seed=args.seed + k)
-            adapted = [{n: p.detach() for n, p in adapt(policy, a, e, args.inner_lr, True).items()}
+            adapted = [{n: p.detach() for n, p in adapt(policy, a, e, step_sizes, True, step=k).items()}
                        for a, e in zip(adapted, episodes, strict=True)]
         params += adapted
         labels += [f"after {args.adapt_steps}: {t.describe()}" for t in tasks]

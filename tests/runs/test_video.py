@@ -6,6 +6,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import torch
 
 from agents.policy import GaussianMLPPolicy
@@ -48,3 +49,18 @@ def test_policy_actor_uses_the_given_parameters() -> None:
     shifted = {name: p.detach() + 1.0 for name, p in policy.named_parameters()}
     obs = np.ones(4)
     assert not np.allclose(policy_actor(policy)(obs), policy_actor(policy, shifted)(obs))
+
+
+def test_render_rollout_adapts_with_the_checkpoints_learned_step_sizes(tmp_path: Path, load_script) -> None:
+    render = load_script("render_rollout")
+    policy = GaussianMLPPolicy(17, 6, (8,))
+    per_step = {name: torch.full((1, *p.shape), 0.3) for name, p in policy.named_parameters()}
+    learned, plain = tmp_path / "learned.pt", tmp_path / "plain.pt"
+    save_checkpoint(learned, policy=policy, robot="cheetah", extra_state={"inner_lrs": per_step})
+    save_checkpoint(plain, policy=policy, robot="cheetah")
+    sizes = render.adaptation_step_sizes(learned, policy, None, 1)
+    assert all(torch.equal(sizes[name], lr) for name, lr in per_step.items())
+    assert render.adaptation_step_sizes(learned, policy, 0.5, 2) == 0.5  # --inner-lr wins
+    assert render.adaptation_step_sizes(plain, policy, None, 2) == render.DEFAULT_INNER_LR
+    with pytest.raises(ValueError, match="--adapt-steps: the checkpoint's learned step sizes cover 1 inner steps"):
+        render.adaptation_step_sizes(learned, policy, None, 2)
