@@ -109,7 +109,7 @@ def _experience(data: Mapping[str, Any]) -> str:
 
 def _learned(data: Mapping[str, Any]) -> str:
     learned = data.get("learned_step_sizes") or []
-    return f" (for {', '.join(learned)}: its learned per-parameter step sizes)" if learned else ""
+    return f" (for {', '.join(learned)}: its learned step sizes, Meta-SGD)" if learned else ""
 
 
 def robot_steps(data: Mapping[str, Any]) -> int:
