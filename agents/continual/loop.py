@@ -25,7 +25,8 @@ from tqdm import tqdm
 from agents.continual.curriculum import CurriculumConfig, Schedule
 from agents.continual.initial import fold_context, fresh_policy, load_init
 from agents.continual.regularizers import make_regularizer
-from agents.continual.sb3 import EWCPPO, policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
+from agents.continual.sb3 import EWCPPO
+from agents.continual.sb3_transfer import policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
 from agents.continual.stage import CurriculumState, StageCallback, StageProgress
 from agents.meta.inner import adapt

@@ -80,7 +80,7 @@ class PackNet(Regularizer):
         """`params` as task `task` sees them: entries owned by later tasks zeroed.
 
         `names` maps the keys of `params` to the packed (SB3) names when they differ (our policy's
-        names: `agents.continual.sb3.sb3_names`).
+        names: `agents.continual.sb3_transfer.sb3_names`).
         """
         out = {}
         for key, value in params.items():

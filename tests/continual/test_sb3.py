@@ -17,16 +17,8 @@ from torch import nn
 
 from agents.continual.ewc import EWC, L2Regularizer
 from agents.continual.fisher import analytic_fisher
-from agents.continual.sb3 import (
-    EWCPPO,
-    actor_param_names,
-    critic_param_names,
-    policy_to_sb3,
-    sb3_actor_fn,
-    sb3_names,
-    sb3_policy_kwargs,
-    sb3_to_policy,
-)
+from agents.continual.sb3 import EWCPPO, actor_param_names, critic_param_names, sb3_actor_fn
+from agents.continual.sb3_transfer import policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.policy import GaussianMLPPolicy
 from envs import ENV_IDS
 from envs.tasks import Goal, Task, Terrain
