@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from agents.meta.meta_train import MetaTrainConfig, meta_train
+from agents.meta.meta_train import MetaTrainConfig, check_init, meta_train
 from agents.runs.cli import RESUME_HINT, run_script, training_parser, training_run
 from agents.runs.ray_backend import BACKENDS, check_backend
 from envs.tasks import get_family
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT); default: a local Ray")
     args = parser.parse_args()
     check_backend(args.backend, args.ray_address)  # before any work, as the run directory's checks
-    config, run = training_run(MetaTrainConfig, args, path_fields=("init",))
+    config, run = training_run(MetaTrainConfig, args, path_fields=("init",), check=check_init)
     sampler = None
     if args.backend == "ray":
         from agents.runs.ray_sampler import RaySampler  # only with the optional extra

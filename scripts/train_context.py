@@ -14,17 +14,14 @@ from __future__ import annotations
 
 from agents.meta.context_train import ContextConfig, load_teacher, train_context
 from agents.runs.cli import RESUME_HINT, run_script, training_parser, training_run
-from agents.runs.config import config_from_dict, resolve_config_paths
-from agents.runs.rundir import load_yaml
 
 
 def main() -> None:
     """Parse arguments, check the config and its teacher, prepare the run directory, fit."""
     args = training_parser(__doc__, "ContextConfig").parse_args()
     # The teacher is checked before the run directory is made: a wrong file writes nothing.
-    checked = config_from_dict(ContextConfig, resolve_config_paths(load_yaml(args.config), args.config, ("teacher",)))
-    load_teacher(checked.teacher, checked.family)
-    config, run = training_run(ContextConfig, args, path_fields=("teacher",))
+    config, run = training_run(ContextConfig, args, path_fields=("teacher",),
+                               check=lambda checked: load_teacher(checked.teacher, checked.family))
     train_context(config, run)
     print(f"checkpoints: {run.checkpoints.resolve()}")
 

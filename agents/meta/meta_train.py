@@ -133,6 +133,16 @@ def load_init(config: MetaTrainConfig, robot: str) -> Checkpoint:
     return init
 
 
+def check_init(config: MetaTrainConfig) -> None:
+    """Every check `meta_train` makes of `config.init` (family, robot, observation, widths, learned
+    step sizes against the learner's), so that a script can make them before writing a run."""
+    if config.init is None:
+        return
+    init = load_init(config, get_family(config.family).robot)
+    if config.meta_sgd and "inner_lrs" in init.extra_state:
+        MAMLTRPO(init.policy, config.maml_config()).load_step_sizes(init.extra_state["inner_lrs"])
+
+
 def init_record(config: MetaTrainConfig, init: Checkpoint) -> dict:
     """What a run started from `init` records of it: file name, policy hash and the budget it holds."""
     wall_time_s, env_steps = spent_budget(init.metadata)

@@ -88,17 +88,21 @@ def training_parser(description: str, config_name: str) -> argparse.ArgumentPars
     return parser
 
 
-def training_run(config_class: type[T], args: argparse.Namespace, path_fields: tuple[str, ...] = ()
-                 ) -> tuple[T, RunDir]:
+def training_run(config_class: type[T], args: argparse.Namespace, path_fields: tuple[str, ...] = (),
+                 check: Callable[[T], None] | None = None) -> tuple[T, RunDir]:
     """The config of `training_parser`'s arguments (the YAML, `--iterations` over it) and its run
     directory, created or resumed (`iterations` and `num_threads` may change on resume; fields newer
     than the run's stored config are accepted at their defaults). `path_fields` name fields that
-    hold files, found as `agents.runs.config.resolve_config_paths` finds them."""
+    hold files, found as `agents.runs.config.resolve_config_paths` finds them; `check(config)`
+    raises on what the config's files hold (e.g. an init of another family) before the run
+    directory is written."""
     check_writable(args.run, "run")  # before any work
     raw = resolve_config_paths(load_yaml(args.config), args.config, path_fields)
     if args.iterations is not None:
         raw["iterations"] = args.iterations
     config = config_from_dict(config_class, raw)
+    if check is not None:
+        check(config)
     run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_to_dict(config),
                           changeable={"resume", "force", "iterations", "num_threads"},
                           defaults=config_defaults(config_class))

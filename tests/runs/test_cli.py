@@ -89,6 +89,22 @@ def test_scripts_answer_bad_input_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("fields", "message"), [
+    ("family: cheetah_direction", "was trained on 'cheetah_velocity', this run meta-trains 'cheetah_direction'"),
+    ("meta_sgd: true\nmeta_sgd_per_step: true\nnum_inner_steps: 2",
+     "inner_lrs: per-step sizes for 3 inner steps, the learner has 2 steps"),
+])
+def test_meta_train_checks_its_init_before_writing_the_run(tmp_path: Path, fields: str, message: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"init: checkpoints/maml_cheetah_velocity.pt\n{fields}\n")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "meta_train.py"), "--config", str(config),
+                             "--run", str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("name", ["curriculum_cheetah.yaml", "curriculum_quadruped.yaml"])
 def test_each_shipped_curriculum_config_loads_from_any_directory(name: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
