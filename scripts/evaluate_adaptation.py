@@ -87,7 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3,
                         help="k: inner policy-gradient steps (context: further episodes of experience)")
     parser.add_argument("--inner-lr", type=float, default=0.1,
-                        help="inner SGD step size (a Meta-SGD checkpoint adapts with its learned ones)")
+                        help="inner SGD step size (a Meta-SGD checkpoint, --checkpoint or --also, adapts with "
+                             "its learned ones)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per task and step")
     parser.add_argument("--horizon", type=int, default=200, help="steps per episode")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -235,8 +236,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
         sampler = RaySampler(robot, config.horizon, height_scan=height_scan, address=args.ray_address)
     try:
-        maml_state = loaded["maml"].extra_state if "maml" in loaded else {}
-        learned = {"maml": maml_state["inner_lrs"]} if "inner_lrs" in maml_state else None
+        # Meta-SGD checkpoints (--checkpoint or --also) adapt with their own learned step sizes.
+        learned = {name: checkpoint.extra_state["inner_lrs"] for name, checkpoint in loaded.items()
+                   if name in methods and "inner_lrs" in checkpoint.extra_state}
         result = compare(methods, tasks, robot, config, height_scan=height_scan, progress=not args.quiet,
                          sampler=sampler, inner_lrs=learned)
     finally:

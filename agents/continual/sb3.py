@@ -7,7 +7,7 @@ untouched: during `train()` the optimizer's `zero_grad` is wrapped so that, righ
 gradients are reset, the regulariser's gradient is written into them; PPO's `loss.backward()` then
 accumulates on top, and PPO's gradient clipping and optimizer step see the sum. That is exactly
 "the penalty is part of each minibatch's loss before clipping", without copying PPO's loop.
-Weight transfer to and from our policy is in `agents.continual.sb3_transfer`.
+Weight transfer to and from our policy is in `agents.continual.sb3_transfer`:
 
     model = EWCPPO("MlpPolicy", env, regularizer=EWC(strength=100.0), policy_kwargs=sb3_policy_kwargs(init))
     policy_to_sb3(init, model.policy)         # start PPO from a MAML initialisation

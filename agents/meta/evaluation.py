@@ -232,8 +232,9 @@ def compare(
         progress: show a progress bar.
         sampler: where episodes come from (e.g. `agents.runs.ray_sampler.RaySampler`, of this robot,
             horizon and height scan; the caller closes it); default a local `Sampler`.
-        inner_lrs: method name -> its learned per-parameter step sizes (Meta-SGD: a checkpoint's
-            `extra_state["inner_lrs"]`), used instead of `config.inner_lr` for that method.
+        inner_lrs: method name -> its learned step sizes (Meta-SGD: a checkpoint's
+            `extra_state["inner_lrs"]`), used instead of `config.inner_lr` for that method; per-step
+            sizes (a leading step axis) must cover `config.steps`, step j adapting with entry j.
 
     Every input is checked (names, policy dimensions against the robot's spaces) before anything
     is simulated; a bad one is a ValueError naming it.

@@ -99,14 +99,17 @@ def per_step_sizes(inner_lr: InnerLR, params: Mapping[str, torch.Tensor]) -> int
 def check_step_sizes(inner_lr: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], field: str) -> None:
     """Raise a ValueError naming `field` unless `inner_lr` holds one tensor per parameter: all of
     their parameter's shape, or all with the same leading per-step axis (length >= 1) before it."""
+    if not isinstance(inner_lr, Mapping) or not all(isinstance(lr, torch.Tensor) for lr in inner_lr.values()):
+        raise ValueError(f"{field}: need a mapping of parameter name -> step-size tensor, "
+                         f"got {type(inner_lr).__name__}")
     shapes = {name: tuple(p.shape) for name, p in params.items()}
     given = {name: tuple(lr.shape) for name, lr in inner_lr.items()}
     if set(given) != set(shapes):
         raise ValueError(f"{field}: need one step-size tensor per parameter ({sorted(shapes)}), got {sorted(given)}")
     shared = all(given[name] == shape for name, shape in shapes.items())
-    leading = {given[name][:1] for name, shape in shapes.items() if given[name][1:] == shape}
-    per_step = len(leading) == 1 and all(len(given[name]) == len(shape) + 1 for name, shape in shapes.items())
-    if not (shared or (per_step and leading.pop()[0] >= 1)):
+    per_step = all(len(given[name]) == len(shape) + 1 and given[name][1:] == shape for name, shape in shapes.items())
+    leading = {given[name][0] for name in shapes} if per_step else set()
+    if not (shared or (len(leading) == 1 and min(leading) >= 1)):
         raise ValueError(f"{field}: each step-size tensor must have its parameter's shape, or all the same "
                          f"leading per-step axis before it; got {given}")
 

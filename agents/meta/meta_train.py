@@ -10,6 +10,7 @@ derived from (seed, i), so a resumed run continues exactly as an uninterrupted o
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -83,9 +84,9 @@ class MetaTrainConfig:
             scales = tuple(self.init_step_scales)
             if not self.meta_sgd_per_step:
                 raise ValueError("init_step_scales needs meta_sgd_per_step: true (one set of sizes per inner step)")
-            if len(scales) != self.num_inner_steps or not min(scales) > 0:
-                raise ValueError(f"init_step_scales must be {self.num_inner_steps} numbers > 0 (one per inner step), "
-                                 f"got {list(scales)}")
+            if len(scales) != self.num_inner_steps or not all(math.isfinite(x) and x > 0 for x in scales):
+                raise ValueError(f"init_step_scales must be {self.num_inner_steps} finite numbers > 0 "
+                                 f"(one per inner step), got {list(scales)}")
 
     def maml_config(self) -> MAMLConfig:
         """The learner's hyper-parameters."""

@@ -159,21 +159,29 @@ def test_cli_end_to_end(tmp_path: Path, load_script) -> None:
                                                             "observation": observation_layout("cheetah")})
     pretrained = save_checkpoint(tmp_path / "pre.pt", policy=random_init(OBS_DIM, ACT_DIM, (8,), seed=4),
                                  robot="cheetah", metadata={"family": "cheetah_velocity", "kind": "pretrained"})
+    sgd_policy = random_init(OBS_DIM, ACT_DIM, (8,), seed=5)
+    sizes = {name: torch.full((1, *p.shape), 0.2) for name, p in sgd_policy.named_parameters()}  # per step
+    meta_sgd = save_checkpoint(tmp_path / "sgd.pt", policy=sgd_policy, robot="cheetah",
+                               extra_state={"inner_lrs": sizes},
+                               metadata={"family": "cheetah_velocity", "observation": observation_layout("cheetah")})
     out = tmp_path / "eval"
     outputs = load_script("evaluate_adaptation").main([
         "--checkpoint", str(checkpoint), "--out", str(out), "--tasks", "2", "--steps", "1", "--episodes", "2",
         "--horizon", "20", "--seeds", "0", "1", "--pretrained", str(pretrained), "--num-threads", "1", "--quiet",
+        "--also", f"sgd={meta_sgd}",
     ])
     for name in ("table.csv", "table.md", "adaptation.png", "results.json"):
         assert (out / name).is_file() and outputs[name] == out / name
     data = json.loads((out / "results.json").read_text())
-    assert data["methods"] == ["maml", "pretrained", "random"]
+    assert data["methods"] == ["maml", "pretrained", "random", "sgd"]
+    assert data["learned_step_sizes"] == ["sgd"]  # an --also Meta-SGD checkpoint adapts with its own sizes
     assert len(data["tasks"]) == 2 and all(len(seed_tasks) == 2 for seed_tasks in data["tasks"])
     assert all(t["goal"]["target_velocity"] is not None for seed_tasks in data["tasks"] for t in seed_tasks)
     assert data["tasks"][0] != data["tasks"][1]  # each seed draws its own tasks
     assert data["metadata"]["sources"] == {"maml": str(checkpoint), "pretrained": str(pretrained),
-                                           "random": ["random_init(seed=1000)", "random_init(seed=1001)"]}
-    assert set(data["metadata"]["policy_sha256"]) == {"maml", "pretrained"}
+                                           "random": ["random_init(seed=1000)", "random_init(seed=1001)"],
+                                           "sgd": str(meta_sgd)}
+    assert set(data["metadata"]["policy_sha256"]) == {"maml", "pretrained", "sgd"}
 
 
 def test_cli_rejects_bad_input_before_simulating(tmp_path: Path, load_script) -> None:
@@ -188,6 +196,10 @@ def test_cli_rejects_bad_input_before_simulating(tmp_path: Path, load_script) ->
     layout["layout"] = [layout["layout"][1], layout["layout"][0], *layout["layout"][2:]]  # reordered
     moved = save_checkpoint(tmp_path / "moved.pt", policy=random_init(OBS_DIM, ACT_DIM, (4,)), robot="cheetah",
                             metadata={"family": "cheetah_velocity", "observation": layout})
+    sgd_policy = random_init(OBS_DIM, ACT_DIM, (4,))
+    one_step_sizes = save_checkpoint(
+        tmp_path / "sgd.pt", policy=sgd_policy, robot="cheetah", metadata={"family": "cheetah_velocity"},
+        extra_state={"inner_lrs": {name: torch.zeros(1, *p.shape) for name, p in sgd_policy.named_parameters()}})
     out = tmp_path / "eval"
     base = ["--out", str(out), "--quiet"]
     cases = [
@@ -213,6 +225,8 @@ def test_cli_rejects_bad_input_before_simulating(tmp_path: Path, load_script) ->
         (["--checkpoint", str(velocity), "--terrains", "gaps:0.5"], "terrains: the checkpoint was trained on"),
         (["--checkpoint", str(velocity), "--pretrained", str(terrain_pretrained)], "pretrained: trained on"),
         (["--checkpoint", str(moved)], r"observation \[qpos_rest:7, root_height:1"),
+        (["--checkpoint", str(velocity), "--also", f"sgd={one_step_sizes}", "--steps", "2"],
+         r"inner_lrs\['sgd'\]: per-step sizes for 1 inner steps, steps is 2"),
     ]
     for argv, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -247,9 +261,11 @@ def test_learned_step_sizes_are_the_ones_used(policies) -> None:
     one_step = {name: sizes[:1] for name, sizes in per_step.items()}
     with pytest.raises(ValueError, match=r"inner_lrs\['meta_sgd'\]: per-step sizes for 1 inner steps, steps is 2"):
         compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"meta_sgd": one_step})
-    with pytest.raises(ValueError, match="parameter's shape"):
-        compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG,
-                inner_lrs={"meta_sgd": {**zero, "log_std": torch.zeros(2, 2, 2)}})
+    for name, bad in [("log_std", torch.zeros(2, 2, 2)), ("mean_net.0.bias", None)]:
+        # a wrong rank, and the right rank with a wrong trailing shape (a leading axis that broadcasts)
+        wrong = torch.zeros(2, *zero[name].shape[:-1], 1) if bad is None else bad
+        with pytest.raises(ValueError, match="parameter's shape"):
+            compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"meta_sgd": {**per_step, name: wrong}})
 
 
 def test_comparing_two_evaluations_pairs_them_task_by_task(load_script) -> None:

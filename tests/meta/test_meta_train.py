@@ -120,5 +120,6 @@ def test_per_step_sizes_start_from_the_inits_scaled_and_resume_unscaled(tmp_path
         assert torch.equal(resumed[name], sizes), name  # resuming does not scale again
     with pytest.raises(ValueError, match="init_step_scales needs meta_sgd_per_step"):
         MetaTrainConfig(**TINY, meta_sgd=True, num_inner_steps=2, init_step_scales=(2.0, 1.0))
-    with pytest.raises(ValueError, match=r"init_step_scales must be 2 numbers > 0 \(one per inner step\), got \[2.0\]"):
-        MetaTrainConfig(**TINY, meta_sgd=True, meta_sgd_per_step=True, num_inner_steps=2, init_step_scales=(2.0,))
+    for bad in [(2.0,), (1.5, float("nan")), (float("inf"), 1.0), (1.0, 0.0)]:
+        with pytest.raises(ValueError, match=r"init_step_scales must be 2 finite numbers > 0 \(one per inner step\)"):
+            MetaTrainConfig(**TINY, meta_sgd=True, meta_sgd_per_step=True, num_inner_steps=2, init_step_scales=bad)
