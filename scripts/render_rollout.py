@@ -25,7 +25,7 @@ import torch
 
 from agents.continual.initial import fold_context, load_init
 from agents.meta.context import ContextPolicy
-from agents.meta.inner import InnerLR, adapt, check_step_sizes, per_step_sizes
+from agents.meta.inner import InnerLR, adapt, check_step_sizes
 from agents.policy import GaussianMLPPolicy
 from agents.runs.checkpoint import load_checkpoint
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
@@ -73,11 +73,7 @@ def adaptation_step_sizes(checkpoint: Path, policy: GaussianMLPPolicy, inner_lr:
     learned = load_checkpoint(checkpoint).extra_state.get("inner_lrs")
     if learned is None:
         return DEFAULT_INNER_LR
-    check_step_sizes(learned, policy.parameters_dict(), "checkpoint inner_lrs")
-    covered = per_step_sizes(learned, policy.parameters_dict())
-    if covered is not None and covered < adapt_steps:
-        raise ValueError(f"--adapt-steps: the checkpoint's learned step sizes cover {covered} inner steps, "
-                         f"got {adapt_steps}; take at most {covered} or give --inner-lr")
+    check_step_sizes(learned, policy.parameters_dict(), "--adapt-steps (the checkpoint's inner_lrs)", adapt_steps)
     return learned
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from agents.meta.adaptation_result import AdaptationConfig, AdaptationResult
 from agents.meta.context import ContextPolicy, ContinuedContext
-from agents.meta.inner import InnerLR, adapt, check_step_sizes, per_step_sizes
+from agents.meta.inner import InnerLR, adapt, check_step_sizes
 from agents.meta.retrieval import SkillLibrary, embed_episodes
 from agents.policy import GaussianMLPPolicy, Params
 from agents.sampler import Sampler
@@ -263,12 +263,7 @@ def compare(
         for name, lrs in inner_lrs.items():
             if name not in policies or not isinstance(policies[name][0], GaussianMLPPolicy):
                 raise ValueError(f"inner_lrs: {name!r} is not a gradient-adapted method ({sorted(policies)})")
-            params = dict(policies[name][0].named_parameters())
-            check_step_sizes(lrs, params, f"inner_lrs[{name!r}]")
-            covered = per_step_sizes(lrs, params)
-            if covered is not None and covered < config.steps:
-                raise ValueError(f"inner_lrs[{name!r}]: per-step sizes for {covered} inner steps, "
-                                 f"steps is {config.steps}; evaluate at most {covered}")
+            check_step_sizes(lrs, dict(policies[name][0].named_parameters()), f"inner_lrs[{name!r}]", config.steps)
         result = AdaptationResult(robot, per_seed_tasks, config, learned_step_sizes=sorted(inner_lrs),
                                   by_experience=[n for n, p in policies.items() if isinstance(p[0], ContextPolicy)])
         total = len(methods) * len(config.seeds) * (config.steps + 1)

@@ -96,9 +96,11 @@ def per_step_sizes(inner_lr: InnerLR, params: Mapping[str, torch.Tensor]) -> int
     return size.shape[0] if size.dim() == params[name].dim() + 1 else None
 
 
-def check_step_sizes(inner_lr: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], field: str) -> None:
+def check_step_sizes(inner_lr: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], field: str,
+                     steps: int | None = None) -> None:
     """Raise a ValueError naming `field` unless `inner_lr` holds one tensor per parameter: all of
-    their parameter's shape, or all with the same leading per-step axis (length >= 1) before it."""
+    their parameter's shape, or all with the same leading per-step axis (length >= 1) before it,
+    and then at least `steps` long when `steps` is given."""
     if not isinstance(inner_lr, Mapping) or not all(isinstance(lr, torch.Tensor) for lr in inner_lr.values()):
         raise ValueError(f"{field}: need a mapping of parameter name -> step-size tensor, "
                          f"got {type(inner_lr).__name__}")
@@ -112,6 +114,9 @@ def check_step_sizes(inner_lr: Mapping[str, torch.Tensor], params: Mapping[str, 
     if not (shared or (len(leading) == 1 and min(leading) >= 1)):
         raise ValueError(f"{field}: each step-size tensor must have its parameter's shape, or all the same "
                          f"leading per-step axis before it; got {given}")
+    if steps is not None and leading and min(leading) < steps:
+        raise ValueError(f"{field}: per-step sizes for {min(leading)} inner steps, {steps} asked; "
+                         f"take at most {min(leading)}")
 
 
 def split_inner_lrs(params: Mapping[str, torch.Tensor], inner_lr: InnerLR) -> tuple[Params, InnerLR]:

@@ -191,7 +191,7 @@ class MAMLTRPO:
         params = self.policy.parameters_dict()
         check_step_sizes(inner_lrs, params, "inner_lrs")
         given_steps = per_step_sizes(inner_lrs, params)
-        own_steps = per_step_sizes(self.step_sizes(), params)
+        own_steps = self.config.num_inner_steps if self.config.meta_sgd_per_step else None
         if given_steps is not None and given_steps != own_steps:
             raise ValueError(f"inner_lrs: per-step sizes for {given_steps} inner steps, the learner has "
                              + ("one set for every step" if own_steps is None else f"{own_steps} steps"))

@@ -226,7 +226,7 @@ def test_cli_rejects_bad_input_before_simulating(tmp_path: Path, load_script) ->
         (["--checkpoint", str(velocity), "--pretrained", str(terrain_pretrained)], "pretrained: trained on"),
         (["--checkpoint", str(moved)], r"observation \[qpos_rest:7, root_height:1"),
         (["--checkpoint", str(velocity), "--also", f"sgd={one_step_sizes}", "--steps", "2"],
-         r"inner_lrs\['sgd'\]: per-step sizes for 1 inner steps, steps is 2"),
+         r"inner_lrs\['sgd'\]: per-step sizes for 1 inner steps, 2 asked"),
     ]
     for argv, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -259,7 +259,7 @@ def test_learned_step_sizes_are_the_ones_used(policies) -> None:
     np.testing.assert_array_equal(stepped.returns["meta_sgd"][:, :, :2], frozen.returns["meta_sgd"][:, :, :2])
     assert np.abs(stepped.returns["meta_sgd"][:, :, 2] - frozen.returns["meta_sgd"][:, :, 2]).min() > 1e-3
     one_step = {name: sizes[:1] for name, sizes in per_step.items()}
-    with pytest.raises(ValueError, match=r"inner_lrs\['meta_sgd'\]: per-step sizes for 1 inner steps, steps is 2"):
+    with pytest.raises(ValueError, match=r"inner_lrs\['meta_sgd'\]: per-step sizes for 1 inner steps, 2 asked"):
         compare({"meta_sgd": policy}, TASKS, "cheetah", CONFIG, inner_lrs={"meta_sgd": one_step})
     for name, bad in [("log_std", torch.zeros(2, 2, 2)), ("mean_net.0.bias", None)]:
         # a wrong rank, and the right rank with a wrong trailing shape (a leading axis that broadcasts)

@@ -62,5 +62,6 @@ def test_render_rollout_adapts_with_the_checkpoints_learned_step_sizes(tmp_path:
     assert all(torch.equal(sizes[name], lr) for name, lr in per_step.items())
     assert render.adaptation_step_sizes(learned, policy, 0.5, 2) == 0.5  # --inner-lr wins
     assert render.adaptation_step_sizes(plain, policy, None, 2) == render.DEFAULT_INNER_LR
-    with pytest.raises(ValueError, match="--adapt-steps: the checkpoint's learned step sizes cover 1 inner steps"):
+    too_few = r"--adapt-steps \(the checkpoint's inner_lrs\): per-step sizes for 1 inner steps, 2 asked"
+    with pytest.raises(ValueError, match=too_few):
         render.adaptation_step_sizes(learned, policy, None, 2)
