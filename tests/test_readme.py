@@ -43,6 +43,6 @@ def test_a_setting_check_parses_fields_and_rejects_what_it_may_not_vary(load_scr
     assert module.parse_setting("inner_estimator=dice") == {"inner_estimator": "dice"}
     assert module.parse_setting("meta_sgd=true") == {"meta_sgd": True}
     for bad, match in [("seed=3", "may vary"), ("nope=1", "may vary"), ("fisher_every", "name=value"),
-                       ("inner_estimator=lvc", "inner_estimator")]:
+                       ("inner_estimator=reinforce", "inner_estimator")]:
         with pytest.raises(ValueError, match=match):
             module.parse_setting(bad)

@@ -36,7 +36,7 @@ def detach_distribution(dist: Independent) -> Independent:
 
 
 #: inner-loop surrogates (`surrogate_weights`): "score" (REINFORCE), "dice" (Loaded DiCE, unbiased second order)
-INNER_ESTIMATORS = ("score", "dice")
+INNER_ESTIMATORS = ("score", "dice", "lvc")
 
 
 def magic_box(x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +57,15 @@ def surrogate_weights(log_probs: torch.Tensor, mask: torch.Tensor, estimator: st
     - "dice": `w_t = box(W_t) - box(W_{t-1})` with `W_t = sum_{t' <= t} log pi_t'` and `box` the
       magic box (Loaded DiCE, Farquhar et al. 2019). Value 0; its expected Hessian is the Hessian
       of the expected return, including the score-function terms `grad W_t grad W_t^T`.
+    - "lvc": `w_t = box(log pi_t)`, ProMP's low-variance curvature estimator (Rothfuss et al. 2019,
+      eq. 12): the per-step likelihood ratio. Its Hessian keeps each step's own score term
+      `A_t grad log pi_t grad log pi_t^T` but drops DiCE's products across steps, trading a little
+      bias for much less variance.
     """
     if estimator == "score":
         return log_probs
+    if estimator == "lvc":
+        return magic_box(log_probs)
     if estimator != "dice":
         raise ValueError(f"inner_estimator must be one of {list(INNER_ESTIMATORS)}, got {estimator!r}")
     cumulative = torch.cumsum(log_probs * mask.to(log_probs.dtype), dim=-2)

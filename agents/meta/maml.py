@@ -70,7 +70,7 @@ class MAMLConfig:
     normalize_advantages: bool = True  # standardise advantages over real steps
     fisher_every: int = 1  # Fisher-vector products on every k-th step (1: all); the line search sees all
     reference_update: bool = False  # the per-task loop and double-backward Fisher (the benchmark's reference)
-    inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
+    inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE), "dice" (unbiased) or "lvc" (ProMP)
     meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), starting at inner_lr
     meta_sgd_per_step: bool = False  # Meta-SGD: one set of learned step sizes per inner step
     # The outer objective: the return after the last inner step ("last", MAML's), or the mean over

@@ -47,7 +47,7 @@ class MetaTrainConfig:
     inner_lr: float = 0.1  # inner SGD step size
     num_inner_steps: int = 1  # inner adaptation steps, each on fresh episodes of the previous step's parameters
     first_order: bool = False  # first-order MAML (no second-order terms)
-    inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE) or "dice" (unbiased meta-gradient)
+    inner_estimator: str = "score"  # inner surrogate: "score" (REINFORCE), "dice" (unbiased) or "lvc" (ProMP)
     meta_sgd: bool = False  # learn one inner step size per parameter entry (Meta-SGD), saved with the policy
     meta_sgd_per_step: bool = False  # Meta-SGD: one set of sizes per inner step (an init's shared set seeds each)
     init_step_scales: tuple[float, ...] | None = None  # meta_sgd_per_step: multiply each inner step's starting
