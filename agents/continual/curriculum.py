@@ -128,6 +128,9 @@ class CurriculumConfig:
     # (later stages start from trained weights, not the meta-learned init, and the step moves every shared weight)
     adapt_episodes: int = 10  # episodes per adaptation step
     inner_lr: float = 0.1  # adaptation step size
+    # Adapt with the init's meta-learned step sizes (Meta-SGD, per step or not) where it has them,
+    # as the adaptation evaluation does; inner_lr then serves only inits without them.
+    learned_step_sizes: bool = True
     reset_critic: bool = True  # new value function (and optimiser state) at each new stage, see continual.py
     # One output layer per pool task (Continual World's multi-head setup): a task is evaluated with
     # its own head, a new task's head starts as a copy of the latest, and the regulariser anchors

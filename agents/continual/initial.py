@@ -37,6 +37,11 @@ def load_init(path: str | Path, robot: str, obs_dim: int, act_dim: int) -> Gauss
     return student
 
 
+def init_step_sizes(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The inner step sizes meta-learned with the checkpoint at `path` (Meta-SGD), or None."""
+    return load_checkpoint(path).extra_state.get("inner_lrs")
+
+
 def fold_context(student: ContextPolicy, sampler: Sampler, task: Task, episodes: int, seed: int
                  ) -> tuple[GaussianMLPPolicy, float]:
     """The plain policy the student becomes on `task` after `episodes` episodes of experience there,

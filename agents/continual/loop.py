@@ -1,13 +1,13 @@
 """The curriculum loop: adapt -> train (EWC-regularised PPO) -> consolidate -> evaluate, per stage.
 
-Each stage starts with a few fast adaptation steps from the current policy (vanilla policy
-gradient, as MAML's inner loop), trains with `EWCPPO` for the stage's budget, folds the stage's
-Fisher into the regulariser, then evaluates every stage's task so far (the performance matrix)
-and the held-out terrains. After every stage the whole state goes into one checkpoint, and
-inside a stage every `checkpoint_every` env steps (between two PPO rollouts) a checkpoint also
-holds the paused training (`agents.continual.snapshot`), so a killed run loses at most that many
-steps and its resumption equals the uninterrupted run. TensorBoard event files continue across a
-resumption (`agents.runs.tensorboard`).
+Each stage starts with a few fast adaptation steps from the current policy (vanilla policy gradient,
+as MAML's inner loop, with the init's learned step sizes where it has them), trains with `EWCPPO`
+for the stage's budget, folds the stage's Fisher into the regulariser, then evaluates every stage's
+task so far (the performance matrix) and the held-out terrains. After every stage the whole state
+goes into one checkpoint, and inside a stage every `checkpoint_every` env steps (between two PPO
+rollouts) a checkpoint also holds the paused training (`agents.continual.snapshot`), so a killed run
+loses at most that many steps and its resumption equals the uninterrupted run. TensorBoard event
+files continue across a resumption (`agents.runs.tensorboard`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
-from agents.continual.initial import fold_context, fresh_policy, load_init
+from agents.continual.initial import fold_context, fresh_policy, init_step_sizes, load_init
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO
 from agents.continual.sb3_transfer import policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
 from agents.continual.stage import CurriculumState, StageCallback, StageProgress
-from agents.meta.inner import adapt
+from agents.meta.inner import InnerLR, adapt, check_step_sizes
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.checkpoint import load_checkpoint, restore_rng_state
 from agents.runs.config import config_to_dict
@@ -71,7 +71,11 @@ def check_curriculum(config: CurriculumConfig) -> None:
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
     if config.init != "scratch":
-        load_init(config.init, config.robot, probe.observation_space.shape[0], probe.action_space.shape[0])
+        start = load_init(config.init, config.robot, probe.observation_space.shape[0], probe.action_space.shape[0])
+        sizes = init_step_sizes(config.init) if config.learned_step_sizes else None
+        if sizes is not None:
+            check_step_sizes(sizes, start.parameters_dict(), "adapt_steps (the init's learned inner_lrs; "
+                             "learned_step_sizes: false adapts with inner_lr instead)", config.adapt_steps)
     probe.close()
 
 
@@ -96,6 +100,7 @@ class Curriculum:
         self.sampler = Sampler(config.robot, config.horizon, height_scan=config.height_scan,
                                goal_in_obs=config.goal_in_obs)
         self.policy = self._initial_policy()
+        self.step_sizes = self._step_sizes()
         self.model = self._make_model()
         self.schedule = Schedule(config)
         self.heads: dict[int, Params] = {}  # pool index -> its output layer (config.task_heads)
@@ -120,6 +125,13 @@ class Curriculum:
             print(f"init: context adapter, its estimate from {cfg.adapt_episodes} episodes on "
                   f"{cfg.stages[0].label} (return {experience_return:.1f}) folded into the policy")
         return policy
+
+    def _step_sizes(self) -> InnerLR:
+        """The stage-start adaptation's step sizes: the init's learned ones if it has them (and
+        `learned_step_sizes`), else `inner_lr`."""
+        cfg = self.config
+        learned = init_step_sizes(cfg.init) if cfg.init != "scratch" and cfg.learned_step_sizes else None
+        return cfg.inner_lr if learned is None else learned
 
     def _make_env(self, task: Task, seed: int = 0) -> VecEnv:
         cfg = self.config
@@ -290,7 +302,8 @@ class Curriculum:
         first = self.sampler.sample(self.policy, [task], cfg.adapt_episodes, params=params, seed=seed)[0]
         episodes = first
         for k in range(cfg.adapt_steps):
-            adapted = {n: p.detach() for n, p in adapt(self.policy, params, episodes, cfg.inner_lr, True).items()}
+            adapted = {n: p.detach() for n, p in adapt(self.policy, params, episodes, self.step_sizes, True,
+                                                                step=k).items()}
             # A method that freezes weights (PackNet) keeps them: the step moves only the free ones.
             regularizer = self.model.regularizer
             params = adapted if regularizer is None else regularizer.keep_frozen(adapted, params,

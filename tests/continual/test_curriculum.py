@@ -313,6 +313,36 @@ def test_the_stage_start_adaptation_can_be_kept_to_the_first_stage(tmp_path: Pat
         config_from_dict(CurriculumConfig, {**TINY, "adapt_stages": "none"})
 
 
+def test_the_stage_start_adaptation_takes_the_inits_learned_step_sizes(tmp_path: Path) -> None:
+    from agents.continual.loop import check_curriculum
+    from agents.policy import GaussianMLPPolicy
+    from agents.runs.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, (8,))
+    params = policy.parameters_dict()
+    # Per-step sizes: the first step's are zero (it must leave the policy as it is), the second's not.
+    sizes = {name: torch.stack([torch.zeros_like(p), torch.full_like(p, 0.1)]) for name, p in params.items()}
+    init = tmp_path / "meta_sgd.pt"
+    save_checkpoint(init, policy=policy, robot="cheetah", extra_state={"inner_lrs": sizes})
+
+    def adapted(name: str, **changes) -> dict:
+        config_dict = {**TINY, "init": str(init), "video": False, **changes}
+        config = config_from_dict(CurriculumConfig, config_dict)
+        check_curriculum(config)
+        run = prepare_run_dir(tmp_path / name, resume=False, force=False, config=config_dict)
+        curriculum = Curriculum(config, run, progress=False)
+        curriculum._adapt(curriculum.pool_tasks[0], 0)
+        return {n: p.detach().clone() for n, p in curriculum.policy.named_parameters()}
+
+    zero_first = adapted("learned")
+    assert all(torch.equal(zero_first[n], p) for n, p in params.items())
+    assert not all(torch.equal(adapted("two_steps", adapt_steps=2)[n], p) for n, p in params.items())
+    assert not all(torch.equal(adapted("inner_lr", learned_step_sizes=False)[n], p) for n, p in params.items())
+    with pytest.raises(ValueError, match=r"adapt_steps \(the init's learned inner_lrs.*2 inner steps, 3 asked"):
+        check_curriculum(config_from_dict(CurriculumConfig, {**TINY, "init": str(init), "adapt_steps": 3}))
+
+
 def test_what_the_regulariser_leaves_free() -> None:
     from agents.continual.loop import unanchored
 
