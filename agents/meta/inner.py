@@ -147,7 +147,7 @@ def inner_loss(
         params: parameters to evaluate it with.
         episodes: one task's episodes.
         advantages: `[T, B]` advantages (treated as constants).
-        estimator: "score" (`w_t = log pi_t`) or "dice" (same gradient, unbiased second derivative).
+        estimator: "score", "dice" or "lvc" (`surrogate_weights`; same gradient, other second derivatives).
     """
     log_probs = policy(episodes.observations, params).log_prob(episodes.actions)
     weights = surrogate_weights(log_probs, episodes.mask, estimator)
@@ -186,7 +186,7 @@ def adapt(
         gamma: discount factor for the advantages.
         gae_lambda: GAE lambda for the advantages.
         normalize_advantages: standardise the advantages over real steps.
-        estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
+        estimator: the inner surrogate (`surrogate_weights`): "score", "dice" or "lvc".
         step: which inner step this is (0 the first): picks per-step learned sizes.
     """
     if advantages is None:
@@ -300,7 +300,7 @@ def adapt_tasks(
         inner_lr: SGD step size (a number, or one tensor per parameter name: Meta-SGD, per step or not).
         num_steps: inner steps.
         first_order: drop the second-order terms of the meta-gradient.
-        estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
+        estimator: the inner surrogate (`surrogate_weights`): "score", "dice" or "lvc".
     """
     sets = [episodes] if isinstance(episodes, Episodes) else list(episodes)
     set_advantages = [advantages] if isinstance(advantages, torch.Tensor) else list(advantages)

@@ -75,7 +75,7 @@ def outer_objective(
         num_steps: inner steps, all on the task's train episodes.
         first_order: FOMAML adaptation (no second-order terms).
         old_distribution: the sampling policies on the valid observations.
-        estimator: the inner surrogate (`surrogate_weights`): "score" or "dice".
+        estimator: the inner surrogate (`surrogate_weights`): "score", "dice" or "lvc".
 
     Learned step sizes (Meta-SGD) may travel in `params` under `LR_PREFIX` (`split_inner_lrs`).
     """
