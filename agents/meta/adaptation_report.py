@@ -30,6 +30,16 @@ def _interval_cell(row: Mapping[str, Any], key: str, precision: int, signed: boo
     return cell
 
 
+def _percent_cell(row: Mapping[str, Any], key: str) -> str:
+    values = [row.get(k) for k in (key, f"{key}_low", f"{key}_high")]
+    if any(v is None or not math.isfinite(v) for v in values[:1]):
+        return "n/a"
+    cell = f"{100 * values[0]:+.1f}"
+    if all(v is not None and math.isfinite(v) for v in values[1:]):
+        cell += f" [{100 * values[1]:+.1f}, {100 * values[2]:+.1f}]"
+    return cell
+
+
 def _verdict(row: Mapping[str, Any]) -> str:
     return "distinguishable from zero" if row["distinguishable"] else "indistinguishable from zero"
 
@@ -61,12 +71,16 @@ def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str
         lines.append(f"| {method} (IQM) | " + " | ".join(_interval_cell(by_key[(method, j)], "iqm", precision)
                                                          for j in steps) + " |")
     if config["steps"] > 0:
+        relative = all("relative" in row for row in data["gains"])  # older files lack it
         lines += ["", f"{heading} Gain over before adaptation (paired by task)", "",
-                  "| method | after | gain [95 % interval] | P(improvement) | verdict |", "|---|---|---:|---:|---|"]
+                  "| method | after | gain [95 % interval] | P(improvement) | verdict |"
+                  + (" relative gain, % of before [95 % interval] |" if relative else ""),
+                  "|---|---|---:|---:|---|" + ("---:|" if relative else "")]
         for row in data["gains"]:
             lines.append(f"| {row['method']} | {step_label(row['step'])} | "
                          f"{_interval_cell(row, 'mean', precision, signed=True)} | "
-                         f"{_interval_cell(row, 'p_improvement', 2)} | {_verdict(row)} |")
+                         f"{_interval_cell(row, 'p_improvement', 2)} | {_verdict(row)} |"
+                         + (f" {_percent_cell(row, 'relative')} |" if relative else ""))
     if data["versus"]:
         first = methods[0]
         lines += ["", f"{heading} {first} minus each baseline at the same step (paired by task)", "",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.runs.stats import stratified_bootstrap
+from agents.runs.stats import relative_gain_interval, stratified_bootstrap
 from envs.tasks import Task
 
 
@@ -142,10 +142,14 @@ class AdaptationResult:
 
         Keys: method, step, mean (mean gain), mean_low, mean_high, p_improvement (share of
         (seed, task) pairs where step j beat before) with its interval, distinguishable (the mean's
-        interval excludes zero).
+        interval excludes zero), relative (the mean gain over |mean before|, the MAML paper's
+        relative gain) with relative_low, relative_high.
         """
         return [
-            {"method": method, "step": j, **self._difference(values[:, :, j] - values[:, :, 0])}
+            {"method": method, "step": j, **self._difference(values[:, :, j] - values[:, :, 0]),
+             **dict(zip(("relative", "relative_low", "relative_high"),
+                        relative_gain_interval(list(values[:, :, 0]), list(values[:, :, j]), self.config.confidence,
+                                               self.config.bootstrap_reps), strict=True))}
             for method, values in self.returns.items()
             for j in range(1, self.steps + 1)
         ]

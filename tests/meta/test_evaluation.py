@@ -94,6 +94,9 @@ def test_intervals_pool_tasks_and_seeds_and_gains_are_paired(result) -> None:
     assert gain["mean"] == pytest.approx(differences.mean())
     assert gain["p_improvement"] == pytest.approx(((differences > 0) + 0.5 * (differences == 0)).mean())
     assert gain["distinguishable"] == (not gain["mean_low"] <= 0 <= gain["mean_high"])
+    assert gain["relative"] == pytest.approx(differences.mean() / abs(values[:, :, 0].mean()))
+    assert gain["relative_low"] < gain["relative"] < gain["relative_high"]
+    assert "relative gain" in markdown_from_dict(result.to_dict())
     versus = next(r for r in result.versus() if r["other"] == "random" and r["step"] == 0)
     assert versus["mean"] == pytest.approx((values[:, :, 0] - result.returns["random"][:, :, 0]).mean())
 

@@ -11,6 +11,7 @@ from agents.runs.stats import (
     iqm,
     mean_confidence_interval,
     probability_of_improvement,
+    relative_gain_interval,
     stratified_bootstrap,
     student_t_ppf,
 )
@@ -70,3 +71,24 @@ def test_bad_bootstrap_arguments_name_the_field(kwargs: dict, match: str) -> Non
         stratified_bootstrap([[1.0, 2.0]], **kwargs)
     with pytest.raises(ValueError, match="strata"):
         stratified_bootstrap([[1.0], []])
+
+
+def test_relative_gain_resamples_each_tasks_before_and_after_together() -> None:
+    rng = np.random.default_rng(0)
+    before = [rng.normal(-120.0, 40.0, size=40) for _ in range(3)]
+    after = [b * 0.6 + rng.normal(0.0, 5.0, size=40) for b in before]  # each task keeps 60 % of its loss
+    point, low, high = relative_gain_interval(before, after, reps=4000)
+    b, a = np.concatenate(before), np.concatenate(after)
+    assert point == pytest.approx((a.mean() - b.mean()) / abs(b.mean()))
+    assert low < point < high and 0.3 < low and high < 0.5
+    # Paired resampling keeps the correlation: shuffling after within its seed (the same values,
+    # unpaired) gives the same point but a wider interval.
+    shuffled = [rng.permutation(x) for x in after]
+    _, low_unpaired, high_unpaired = relative_gain_interval(before, shuffled, reps=4000)
+    assert high_unpaired - low_unpaired > 2 * (high - low)
+    assert relative_gain_interval(before, after, reps=500) == relative_gain_interval(before, after, reps=500)
+    assert all(np.isnan(relative_gain_interval([[1.0, -1.0]], [[2.0, 3.0]], reps=10)[:1]))
+    with pytest.raises(ValueError, match="task for task"):
+        relative_gain_interval([[1.0, 2.0]], [[1.0]])
+    with pytest.raises(ValueError, match="confidence"):
+        relative_gain_interval([[1.0]], [[2.0]], confidence=0.0)
