@@ -10,6 +10,7 @@ the README is out of date (the test suite runs it).
     python scripts/check_meta_setting.py --name fisher_check ... --out assets/results   # and/or
     python scripts/evaluate_adaptation.py ... --out DIR && cp DIR/results.json assets/results/adaptation_<name>.json
     python scripts/compare_evaluations.py --a A.json --b B.json ... --out assets/results/comparison_<name>.json
+    python scripts/pool_evaluations.py --results A.json B.json ... --out assets/results/adaptation_<name>.json
     python scripts/benchmark_continual.py --study thesis   # writes assets/results/thesis.json
     python scripts/update_readme.py
 """
@@ -79,8 +80,13 @@ def adaptation_markdown(results: dict) -> str:
             parts.append(f"{name}: `{Path(source).name}` ({training_line(training)})")
         else:
             parts.append(f"{name}: {', '.join(source) if isinstance(source, list) else Path(source).name}")
-    head = (f"Family `{meta['family']}`, split `{meta['split']}`, task seed {meta['task_seed']}. "
-            + "; ".join(parts) + ".")
+    if meta.get("pooled_from"):  # scripts/pool_evaluations.py
+        sets = ", ".join(f"task seed {part['task_seed']} (seeds {', '.join(map(str, part['seeds']))})"
+                         for part in meta["pooled_from"])
+        where = f"pooled over {len(meta['pooled_from'])} evaluations: {sets}"
+    else:
+        where = f"task seed {meta['task_seed']}"
+    head = f"Family `{meta['family']}`, split `{meta['split']}`, {where}. " + "; ".join(parts) + "."
     return head + "\n\n" + markdown_from_dict(results)
 
 

@@ -217,6 +217,31 @@ class AdaptationResult:
             "records": self.records(),
         })
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaptationResult:
+        """Inverse of `to_dict` (from its records): the statistics are recomputed, so a file written
+        before a statistic was added gets it. Raises ValueError if the records do not fill every
+        method, seed, task and step."""
+        config = AdaptationConfig(**{**data["config"], "seeds": tuple(data["config"]["seeds"])})
+        tasks = [[Task.from_dict(task) for task in seed_tasks] for seed_tasks in data["tasks"]]
+        shape = (len(config.seeds), data["tasks_per_seed"], config.steps + 1)
+        returns = {method: np.full(shape, np.nan) for method in data["methods"]}
+        speeds = {method: np.full(shape, np.nan) for method in data["methods"]}
+        seed_index = {seed: i for i, seed in enumerate(config.seeds)}
+        filled = {method: np.zeros(shape, dtype=bool) for method in data["methods"]}
+        for row in data["records"]:
+            where = (seed_index[row["seed"]], row["task"], row["step"])
+            returns[row["method"]][where] = np.nan if row["return"] is None else row["return"]
+            speeds[row["method"]][where] = np.nan if row["speed"] is None else row["speed"]
+            filled[row["method"]][where] = True
+        missing = [method for method, done in filled.items() if not done.all()]
+        if missing:
+            raise ValueError(f"records: not every seed, task and step of {missing} is there")
+        return cls(robot=data["robot"], tasks=tasks, config=config, returns=returns, speeds=speeds,
+                   learned_step_sizes=list(data.get("learned_step_sizes") or []),
+                   by_experience=list(data.get("by_experience") or []),
+                   retrieved={k: [list(row) for row in v] for k, v in (data.get("retrieved") or {}).items()})
+
 
 def nan_to_none(value: Any) -> Any:
     """`value` with every non-finite float (nested in dicts, lists, tuples) replaced by None (JSON null)."""
