@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from agents.continual.initial import fold_context, load_init
+from agents.continual.initial import fold_context, init_step_sizes, load_init
 from agents.meta.context import ContextPolicy
 from agents.meta.inner import InnerLR, adapt, check_step_sizes
 from agents.policy import GaussianMLPPolicy
-from agents.runs.checkpoint import load_checkpoint
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.video import render_policy
 from agents.sampler import Sampler
@@ -70,7 +69,7 @@ def adaptation_step_sizes(checkpoint: Path, policy: GaussianMLPPolicy, inner_lr:
     (Meta-SGD), else 0.1; learned per-step sizes must cover `adapt_steps` (ValueError otherwise)."""
     if inner_lr is not None:
         return inner_lr
-    learned = load_checkpoint(checkpoint).extra_state.get("inner_lrs")
+    learned = init_step_sizes(checkpoint)
     if learned is None:
         return DEFAULT_INNER_LR
     check_step_sizes(learned, policy.parameters_dict(), "--adapt-steps (the checkpoint's inner_lrs)", adapt_steps)
