@@ -34,8 +34,9 @@ def read_evaluation(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"--results: {path} is not JSON ({error.msg}, line {error.lineno})") from error
-    if not isinstance(data, dict) or not {"config", "methods", "records", "metadata"} <= set(data):
-        raise ValueError(f"--results: {path} is not an evaluate_adaptation.py results.json")
+    keys = {"robot", "config", "methods", "tasks_per_seed", "tasks", "records", "metadata"}
+    if not isinstance(data, dict) or not keys <= set(data) or not isinstance(data["metadata"], dict):
+        raise ValueError(f"--results: {path} is not an evaluate_adaptation.py results.json (need {sorted(keys)})")
     return data
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from agents.continual.curriculum import CurriculumConfig, RegularizerConfig
-from agents.continual.loop import Curriculum, check_curriculum
+from agents.continual.loop import Curriculum, check_curriculum, resume_defaults
 from agents.continual.report import write_report
 from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
 from agents.runs.config import config_from_dict, config_to_dict, resolve_config_paths
@@ -35,7 +35,8 @@ def main() -> None:
     config = config_from_dict(CurriculumConfig, resolve_config_paths(load_yaml(args.config), args.config, ("init",)))
     check_curriculum(config)  # before the run directory is created or an old one moved aside
     config_dict = config_to_dict(config)
-    run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_dict)
+    run = prepare_run_dir(args.run, resume=args.resume, force=args.force, config=config_dict,
+                          defaults=resume_defaults(config))
     curriculum = Curriculum(config, run, progress=not args.no_progress)
     state = curriculum.run_all()
 
@@ -56,7 +57,8 @@ def main() -> None:
         plain = dataclasses.replace(config, regularizer=RegularizerConfig(kind="none"), baseline="none", video=False)
         folder = run.root / "baseline_finetune"
         started = folder.is_dir() and any(folder.iterdir())
-        baseline_run = prepare_run_dir(folder, resume=started, config=config_to_dict(plain))
+        baseline_run = prepare_run_dir(folder, resume=started, config=config_to_dict(plain),
+                                       defaults=resume_defaults(plain))
         baseline = Curriculum(plain, baseline_run, progress=not args.no_progress).run_all().to_dict()
     report = write_report(run.root, config_dict, state.to_dict(),
                           [stage.label for stage in config.evaluation.held_out], videos, baseline)

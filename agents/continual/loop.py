@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from agents.continual.stage import CurriculumState, StageCallback, StageProgress
 from agents.meta.inner import InnerLR, adapt, check_step_sizes
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.checkpoint import load_checkpoint, restore_rng_state
-from agents.runs.config import config_to_dict
+from agents.runs.config import config_defaults, config_to_dict
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.runs.tensorboard import EventFile
 from agents.sampler import Sampler
@@ -77,6 +78,17 @@ def check_curriculum(config: CurriculumConfig) -> None:
             check_step_sizes(sizes, start.parameters_dict(), "adapt_steps (the init's learned inner_lrs; "
                              "learned_step_sizes: false adapts with inner_lr instead)", config.adapt_steps)
     probe.close()
+
+
+def resume_defaults(config: CurriculumConfig) -> dict[str, Any]:
+    """What a run directory's stored config means by a field it lacks (one added to the code after
+    the run started), for `prepare_run_dir(defaults=...)`: the field's default, except
+    `learned_step_sizes` where the init has learned sizes: runs made before that field adapted with
+    `inner_lr`, so resuming one needs `learned_step_sizes: false` to continue as it began."""
+    defaults = config_defaults(CurriculumConfig)
+    if config.init != "scratch" and init_step_sizes(config.init) is not None:
+        defaults["learned_step_sizes"] = False
+    return defaults
 
 
 class Curriculum:

@@ -16,15 +16,26 @@ from typing import Any
 
 import numpy as np
 
-from agents.meta.adaptation_result import AdaptationConfig, AdaptationResult
+from agents.meta.adaptation_result import AdaptationConfig, AdaptationResult, config_from_json
 
-#: evaluation settings that may differ between pooled files (the tasks and what samples them)
-FREE_SETTINGS = ("seeds", "num_threads")
+#: evaluation settings that may differ between pooled files: the tasks, what samples them, and how
+#: intervals are drawn (every statistic is recomputed, with the first file's confidence and resamples)
+FREE_SETTINGS = ("seeds", "num_threads", "confidence", "bootstrap_reps")
 
 
 def common_methods(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     """The methods every evaluation holds, in the first one's order."""
     return [m for m in evaluations[0]["methods"] if all(m in data["methods"] for data in evaluations[1:])]
+
+
+def settings_of(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """An evaluation's settings that must agree for pooling: its config with every default filled in
+    (a file written before a setting existed holds it at its default), less `FREE_SETTINGS`."""
+    try:
+        config = vars(config_from_json(data.get("config")))
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
+    return {key: value for key, value in config.items() if key not in FREE_SETTINGS}
 
 
 def check_poolable(evaluations: Sequence[Mapping[str, Any]], methods: Sequence[str], names: Sequence[str]) -> None:
@@ -48,16 +59,20 @@ def check_poolable(evaluations: Sequence[Mapping[str, Any]], methods: Sequence[s
         if data["robot"] != first["robot"] or data["tasks_per_seed"] != first["tasks_per_seed"]:
             raise ValueError(f"{name}: robot {data['robot']!r} with {data['tasks_per_seed']} tasks per seed; "
                              f"the first file has {first['robot']!r} with {first['tasks_per_seed']}")
-        for key, value in data["config"].items():
-            if key not in FREE_SETTINGS and value != first["config"].get(key):
-                raise ValueError(f"{name}: config.{key} is {value!r}, the first file's {first['config'].get(key)!r}")
+        settings, first_settings = settings_of(data, name), settings_of(first, "the first file")
+        for key, value in settings.items():
+            if value != first_settings[key]:
+                raise ValueError(f"{name}: config.{key} is {value!r}, the first file's {first_settings[key]!r}")
         for method in methods:
             sha, first_sha = meta.get("policy_sha256", {}).get(method), first_meta.get("policy_sha256", {}).get(method)
             if sha != first_sha:
                 raise ValueError(f"{name}: {method} is another policy (sha256 {str(sha)[:12]}, the first file's "
                                  f"{str(first_sha)[:12]})")
-            if (method in data.get("learned_step_sizes", [])) != (method in first.get("learned_step_sizes", [])):
-                raise ValueError(f"{name}: {method} adapted with other step sizes than in the first file")
+            for key, what in (("learned_step_sizes", "adapted with other step sizes"),
+                              ("by_experience", "adapted otherwise (from experience or by gradient)"),
+                              ("retrieved", "retrieved skills in one file only")):
+                if (method in (data.get(key) or [])) != (method in (first.get(key) or [])):
+                    raise ValueError(f"{name}: {method} {what} than in the first file ({key})")
         for seed in data["config"]["seeds"]:
             if seed in seen:
                 raise ValueError(f"{name}: seed {seed} is also in {seen[seed]}; pooled files need distinct seeds "

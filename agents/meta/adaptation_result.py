@@ -222,17 +222,34 @@ class AdaptationResult:
         """Inverse of `to_dict` (from its records): the statistics are recomputed, so a file written
         before a statistic was added gets it. Raises ValueError if the records do not fill every
         method, seed, task and step."""
-        config = AdaptationConfig(**{**data["config"], "seeds": tuple(data["config"]["seeds"])})
-        tasks = [[Task.from_dict(task) for task in seed_tasks] for seed_tasks in data["tasks"]]
-        shape = (len(config.seeds), data["tasks_per_seed"], config.steps + 1)
-        returns = {method: np.full(shape, np.nan) for method in data["methods"]}
-        speeds = {method: np.full(shape, np.nan) for method in data["methods"]}
+        config = config_from_json(data.get("config"))
+        per_seed, methods = data.get("tasks_per_seed"), data.get("methods")
+        tasks = data.get("tasks")
+        if not (isinstance(per_seed, int) and isinstance(tasks, list) and len(tasks) == len(config.seeds)
+                and all(isinstance(seed_tasks, list) and len(seed_tasks) == per_seed for seed_tasks in tasks)):
+            raise ValueError(f"tasks: need {len(config.seeds)} lists (one per seed) of tasks_per_seed "
+                             f"({per_seed!r}) tasks each")
+        if not (isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods)):
+            raise ValueError(f"methods: need a non-empty list of method names, got {methods!r}")
+        tasks = [[Task.from_dict(task) for task in seed_tasks] for seed_tasks in tasks]
+        shape = (len(config.seeds), per_seed, config.steps + 1)
+        returns = {method: np.full(shape, np.nan) for method in methods}
+        speeds = {method: np.full(shape, np.nan) for method in methods}
         seed_index = {seed: i for i, seed in enumerate(config.seeds)}
-        filled = {method: np.zeros(shape, dtype=bool) for method in data["methods"]}
-        for row in data["records"]:
-            where = (seed_index[row["seed"]], row["task"], row["step"])
-            returns[row["method"]][where] = np.nan if row["return"] is None else row["return"]
-            speeds[row["method"]][where] = np.nan if row["speed"] is None else row["speed"]
+        filled = {method: np.zeros(shape, dtype=bool) for method in methods}
+        for i, row in enumerate(data.get("records") or []):
+            try:
+                where = (seed_index[row["seed"]], row["task"], row["step"])
+                valid = (row["method"] in returns and all(isinstance(k, int) for k in where)
+                         and 0 <= row["task"] < per_seed and 0 <= row["step"] <= config.steps)
+                if not valid:
+                    raise KeyError(row["method"])
+                returns[row["method"]][where] = np.nan if row["return"] is None else float(row["return"])
+                speeds[row["method"]][where] = np.nan if row["speed"] is None else float(row["speed"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"records[{i}]: need method (one of {methods}), seed (one of "
+                                 f"{list(config.seeds)}), task (0-{per_seed - 1}), step (0-{config.steps}), "
+                                 f"return and speed; got {row!r}") from error
             filled[row["method"]][where] = True
         missing = [method for method, done in filled.items() if not done.all()]
         if missing:
@@ -241,6 +258,17 @@ class AdaptationResult:
                    learned_step_sizes=list(data.get("learned_step_sizes") or []),
                    by_experience=list(data.get("by_experience") or []),
                    retrieved={k: [list(row) for row in v] for k, v in (data.get("retrieved") or {}).items()})
+
+
+def config_from_json(config: Any) -> AdaptationConfig:
+    """The `AdaptationConfig` an evaluation's JSON stored; ValueError naming `config` if it is not one."""
+    if not isinstance(config, dict) or not isinstance(config.get("seeds"), list):
+        raise ValueError(f"config: need a mapping with a list of seeds, got {config!r}")
+    unknown = set(config) - set(AdaptationConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"config: unknown fields {sorted(unknown)}; allowed: "
+                         f"{sorted(AdaptationConfig.__dataclass_fields__)}")
+    return AdaptationConfig(**{**config, "seeds": tuple(config["seeds"])})
 
 
 def nan_to_none(value: Any) -> Any:

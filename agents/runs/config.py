@@ -97,7 +97,8 @@ def config_defaults(cls: type) -> dict[str, Any]:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in out.items()}
+    return {name: config_to_dict(value) if dataclasses.is_dataclass(value)
+            else list(value) if isinstance(value, tuple) else value for name, value in out.items()}
 
 
 def resolve_config_paths(data: dict[str, Any], config_file: str | Path, fields: tuple[str, ...]) -> dict[str, Any]:

@@ -110,6 +110,13 @@ STATISTICS = {
 }
 
 
+def resample_indices(sizes: Sequence[int], reps: int, seed: int) -> list[np.ndarray]:
+    """Per stratum of `sizes[k]` values, a `[reps, sizes[k]]` array of indices drawn with replacement
+    within it: the resamples of a stratified bootstrap (the same for the same seed)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, size, size=(reps, size)) for size in sizes]
+
+
 def stratified_bootstrap(strata: Sequence[Sequence[float] | np.ndarray], statistic: str = "mean",
                          confidence: float = 0.95, reps: int = 10_000, seed: int = 0
                          ) -> tuple[float, float, float]:
@@ -138,9 +145,8 @@ def stratified_bootstrap(strata: Sequence[Sequence[float] | np.ndarray], statist
         raise ValueError("strata must be non-empty, each holding at least one value")
     function = STATISTICS[statistic]
     point = float(function(np.concatenate(arrays)))
-    rng = np.random.default_rng(seed)
-    resampled = np.concatenate([a[rng.integers(0, a.size, size=(reps, a.size))] for a in arrays], axis=1)
-    values = function(resampled)
+    indices = resample_indices([a.size for a in arrays], reps, seed)
+    values = function(np.concatenate([a[i] for a, i in zip(arrays, indices, strict=True)], axis=1))
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return point, float(low), float(high)
@@ -154,7 +160,8 @@ def relative_gain_interval(before: Sequence[Sequence[float] | np.ndarray],
 
     As `stratified_bootstrap`, but a resampled task brings its before and after values together, so
     the interval keeps their correlation (dividing the gain's interval by the before mean does not).
-    NaN where a mean before is zero.
+    The point is NaN where the mean before is zero, the interval where a resampled mean before is
+    zero or of the other sign (a ratio to a mean that may be zero has no bounds).
 
     Args:
         before: one array per stratum (e.g. seed) of per-task values before adaptation.
@@ -178,12 +185,13 @@ def relative_gain_interval(before: Sequence[Sequence[float] | np.ndarray],
             return np.where(base == 0, np.nan, (a.mean(axis=-1) - base) / np.abs(base))
 
     point = float(relative(np.concatenate([b for b, _ in pairs]), np.concatenate([a for _, a in pairs])))
-    rng = np.random.default_rng(seed)
-    indices = [rng.integers(0, b.size, size=(reps, b.size)) for b, _ in pairs]
-    values = relative(np.concatenate([b[i] for (b, _), i in zip(pairs, indices, strict=True)], axis=1),
-                      np.concatenate([a[i] for (_, a), i in zip(pairs, indices, strict=True)], axis=1))
-    if np.isnan(values).any():
-        return point, math.nan, math.nan
+    indices = resample_indices([b.size for b, _ in pairs], reps, seed)
+    before_resampled = np.concatenate([b[i] for (b, _), i in zip(pairs, indices, strict=True)], axis=1)
+    values = relative(before_resampled, np.concatenate([a[i] for (_, a), i in zip(pairs, indices, strict=True)],
+                                                       axis=1))
+    signs = np.sign(before_resampled.mean(axis=-1))
+    if math.isnan(point) or (signs != signs[0]).any() or signs[0] == 0:
+        return point, math.nan, math.nan  # the mean before may be zero: no ratio to bound
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return point, float(low), float(high)

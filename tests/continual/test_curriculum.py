@@ -14,7 +14,7 @@ import yaml
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
 from agents.continual.loop import Curriculum
-from agents.runs.config import config_from_dict
+from agents.runs.config import config_from_dict, config_to_dict
 from agents.runs.rundir import prepare_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,12 +321,13 @@ def test_the_stage_start_adaptation_takes_the_inits_learned_step_sizes(tmp_path:
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(17, 6, (8,))
     params = policy.parameters_dict()
-    # Per-step sizes: the first step's are zero (it must leave the policy as it is), the second's not.
-    sizes = {name: torch.stack([torch.zeros_like(p), torch.full_like(p, 0.1)]) for name, p in params.items()}
-    init = tmp_path / "meta_sgd.pt"
-    save_checkpoint(init, policy=policy, robot="cheetah", extra_state={"inner_lrs": sizes})
 
-    def adapted(name: str, **changes) -> dict:
+    def init_with(name: str, sizes: dict) -> Path:
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(path, policy=policy, robot="cheetah", extra_state={"inner_lrs": sizes})
+        return path
+
+    def adapted(init: Path, name: str, **changes) -> dict:
         config_dict = {**TINY, "init": str(init), "video": False, **changes}
         config = config_from_dict(CurriculumConfig, config_dict)
         check_curriculum(config)
@@ -335,12 +336,50 @@ def test_the_stage_start_adaptation_takes_the_inits_learned_step_sizes(tmp_path:
         curriculum._adapt(curriculum.pool_tasks[0], 0)
         return {n: p.detach().clone() for n, p in curriculum.policy.named_parameters()}
 
-    zero_first = adapted("learned")
-    assert all(torch.equal(zero_first[n], p) for n, p in params.items())
-    assert not all(torch.equal(adapted("two_steps", adapt_steps=2)[n], p) for n, p in params.items())
-    assert not all(torch.equal(adapted("inner_lr", learned_step_sizes=False)[n], p) for n, p in params.items())
+    # Per-step sizes whose first step is zero: it leaves the policy as it is, so the second step
+    # samples the same episodes whatever its size, and moves the policy by exactly its own size.
+    small = init_with("small", {n: torch.stack([torch.zeros_like(p), torch.full_like(p, 0.03)])
+                                for n, p in params.items()})
+    large = init_with("large", {n: torch.stack([torch.zeros_like(p), torch.full_like(p, 0.1)])
+                                for n, p in params.items()})
+    one_step = adapted(small, "one_step")
+    assert all(torch.equal(one_step[n], p) for n, p in params.items())
+    moved_small, moved_large = adapted(small, "small2", adapt_steps=2), adapted(large, "large2", adapt_steps=2)
+    for n, p in params.items():
+        torch.testing.assert_close(moved_small[n] - p, 0.3 * (moved_large[n] - p))
+    assert any(not torch.equal(moved_large[n], p) for n, p in params.items())
+    # One shared set serves every step; learned_step_sizes: false takes inner_lr instead.
+    shared = init_with("shared", {n: torch.zeros_like(p) for n, p in params.items()})
+    zero, plain = adapted(shared, "shared2", adapt_steps=2), adapted(shared, "inner_lr", learned_step_sizes=False)
+    assert all(torch.equal(zero[n], p) for n, p in params.items())
+    assert not all(torch.equal(plain[n], p) for n, p in params.items())
     with pytest.raises(ValueError, match=r"adapt_steps \(the init's learned inner_lrs.*2 inner steps, 3 asked"):
-        check_curriculum(config_from_dict(CurriculumConfig, {**TINY, "init": str(init), "adapt_steps": 3}))
+        check_curriculum(config_from_dict(CurriculumConfig, {**TINY, "init": str(small), "adapt_steps": 3}))
+
+
+def test_a_run_from_before_learned_step_sizes_resumes_as_it_began(tmp_path: Path) -> None:
+    from agents.continual.loop import resume_defaults
+    from agents.policy import GaussianMLPPolicy
+    from agents.runs.checkpoint import save_checkpoint
+
+    policy = GaussianMLPPolicy(17, 6, (8,))
+    learned = tmp_path / "learned.pt"
+    save_checkpoint(learned, policy=policy, robot="cheetah",
+                    extra_state={"inner_lrs": {n: torch.zeros_like(p) for n, p in policy.named_parameters()}})
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, policy=policy, robot="cheetah")
+
+    def resume(init: Path, name: str, **changes) -> None:
+        config = config_from_dict(CurriculumConfig, {**TINY, "init": str(init), **changes})
+        old = {key: value for key, value in config_to_dict(config).items() if key != "learned_step_sizes"}
+        if not (tmp_path / name).exists():
+            prepare_run_dir(tmp_path / name, config=old)  # a run stored before the field existed
+        prepare_run_dir(tmp_path / name, resume=True, config=config_to_dict(config), defaults=resume_defaults(config))
+
+    resume(plain, "plain")  # nothing to learn from the init: the default changes nothing
+    with pytest.raises(ValueError, match="learned_step_sizes"):
+        resume(learned, "learned")  # it adapted with inner_lr: resuming with the learned sizes would not continue it
+    resume(learned, "learned", learned_step_sizes=False)
 
 
 def test_what_the_regulariser_leaves_free() -> None:

@@ -63,18 +63,37 @@ def test_files_that_differ_in_more_than_their_tasks_are_refused(policies) -> Non
     a = evaluation(policies, (0,))
     other_policy = evaluation(policies, (1,))
     other_policy["metadata"]["policy_sha256"]["maml"] = "sha-else"
+    other_family = evaluation(policies, (1,))
+    other_family["metadata"]["family"] = "cheetah_terrain"
+    # A file written before a setting existed holds it at its default: compared as such.
+    unnormalised = evaluation(policies, (0,), normalize_advantages=False)
+    older = evaluation(policies, (1,))
+    del older["config"]["normalize_advantages"]
     cases = [
         ([a], "at least two"),
         ([a, evaluation(policies, (0,))], "seed 0 is also in"),
         ([a, evaluation(policies, (1,), episodes_per_task=3)], "config.episodes_per_task"),
+        ([unnormalised, older], "config.normalize_advantages"),
         ([a, other_policy], "maml is another policy"),
+        ([a, other_family], "family"),
+        ([a, {**evaluation(policies, (1,)), "learned_step_sizes": ["maml"]}], "other step sizes"),
         ([a, {**evaluation(policies, (1,)), "robot": "quadruped"}], "robot"),
+        ([a, {**evaluation(policies, (1,)), "config": {**a["config"], "seeds": [1], "lr": 1}}], "unknown fields"),
     ]
     for evaluations, match in cases:
         with pytest.raises(ValueError, match=match):
             pool_evaluations(evaluations)
     with pytest.raises(ValueError, match="no method"):
         pool_evaluations([a, evaluation(policies, (1,))], methods=["context"])
+    # Pooling still works across a different bootstrap setting (every statistic is recomputed).
+    assert pool_evaluations([a, evaluation(policies, (1,), bootstrap_reps=50)])[0].config.bootstrap_reps == 10_000
+    for records, match in [([{**a["records"][0], "seed": 9}], r"records\[0\]"),
+                           ([{**a["records"][0], "task": 7}], r"records\[0\]"),
+                           ([{**a["records"][0], "method": "ghost"}], r"records\[0\]")]:
+        with pytest.raises(ValueError, match=match):
+            AdaptationResult.from_dict({**a, "records": records})
+    with pytest.raises(ValueError, match="tasks"):
+        AdaptationResult.from_dict({**a, "tasks": []})
 
 
 def test_the_script_writes_the_pooled_json_and_refuses_bad_input_in_one_line(policies, tmp_path: Path,
@@ -94,8 +113,11 @@ def test_the_script_writes_the_pooled_json_and_refuses_bad_input_in_one_line(pol
     section = load_script("update_readme").adaptation_markdown(pooled)
     assert section.startswith("Family `cheetah_velocity`, split `test`, pooled over 2 evaluations: task seed 0 "
                               "(seeds 0), task seed 0 (seeds 1). maml: maml.pt")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**evaluation(policies, (2,)), "records": [{"seed": 2}]}))
     for bad, match in [([str(paths[0]), str(paths[0])], "seed 0 is also in"),
-                       ([str(paths[0]), str(tmp_path / "none.json")], "--results: no file")]:
+                       ([str(paths[0]), str(tmp_path / "none.json")], "--results: no file"),
+                       ([str(paths[0]), str(broken)], "records[0]")]:
         done = subprocess.run([*script, "--results", *bad, "--out", str(tmp_path / "x.json")], capture_output=True,
                               text=True, cwd=ROOT, timeout=120)
         assert done.returncode == 2 and match in done.stderr and len(done.stderr.strip().splitlines()) == 1

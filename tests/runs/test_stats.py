@@ -87,7 +87,10 @@ def test_relative_gain_resamples_each_tasks_before_and_after_together() -> None:
     _, low_unpaired, high_unpaired = relative_gain_interval(before, shuffled, reps=4000)
     assert high_unpaired - low_unpaired > 2 * (high - low)
     assert relative_gain_interval(before, after, reps=500) == relative_gain_interval(before, after, reps=500)
-    assert all(np.isnan(relative_gain_interval([[1.0, -1.0]], [[2.0, 3.0]], reps=10)[:1]))
+    assert all(np.isnan(relative_gain_interval([[1.0, -1.0]], [[2.0, 3.0]], reps=10)))
+    # A mean before that a resample can put on either side of zero: the point exists, the interval not.
+    point, low, high = relative_gain_interval([[-3.0, 2.0, 0.5]], [[0.0, 0.0, 1.0]], reps=200)
+    assert point == pytest.approx((1 / 3 + 1 / 6) / (1 / 6)) and np.isnan(low) and np.isnan(high)
     with pytest.raises(ValueError, match="task for task"):
         relative_gain_interval([[1.0, 2.0]], [[1.0]])
     with pytest.raises(ValueError, match="confidence"):
