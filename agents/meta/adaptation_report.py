@@ -97,6 +97,14 @@ def markdown_from_dict(data: Mapping[str, Any], precision: int = 1, heading: str
         for method in methods:
             lines.append(f"| {method} | " + " | ".join(_interval_cell(by_key[(method, j)], "mean", 2)
                                                        for j in steps) + " |")
+        if all("slope" in row for row in data["tracking"]):  # older files lack it
+            lines += ["", f"{heading} Slope of the speed reached on the target speed [95 % interval] "
+                      "(1: the speed follows the target, 0: it ignores it)", "",
+                      "| method | " + " | ".join(step_label(j) for j in steps) + " |",
+                      "|---|" + "---:|" * len(steps)]
+            for method in methods:
+                lines.append(f"| {method} | " + " | ".join(_interval_cell(by_key[(method, j)], "slope", 2)
+                                                           for j in steps) + " |")
         first = [by_key[(methods[0], j)]["by_target"] for j in steps]
         lines += ["", f"{methods[0]}: mean speed reached (m/s) by target range", "",
                   "| targets | mean target | " + " | ".join(step_label(j) for j in steps) + " |",

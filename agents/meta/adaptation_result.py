@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.runs.stats import relative_gain_interval, stratified_bootstrap
+from agents.runs.stats import paired_bootstrap, relative_gain_interval, slope, stratified_bootstrap
 from envs.tasks import Task
 
 
@@ -178,7 +178,9 @@ class AdaptationResult:
 
     def tracking(self) -> list[dict[str, Any]]:
         """Velocity tasks only: per method and step, the mean |speed - target| (m/s) with its interval,
-        and the mean speed reached in each quarter of the targets' range (where a ceiling shows)."""
+        the slope of the speed reached on the target with its interval (1: the speed follows the
+        target, 0: it ignores it, whatever the step's size), and the mean speed reached in each
+        quarter of the targets' range (where a ceiling shows)."""
         targets = self.targets()
         if targets is None:
             return []
@@ -191,7 +193,10 @@ class AdaptationResult:
                            "mean_target": float(targets[bins == b].mean()),
                            "mean_speed": float(speeds[:, :, j][bins == b].mean()), "n": int((bins == b).sum())}
                           for b in range(4) if (bins == b).any()]
+                follows = paired_bootstrap(list(targets), list(speeds[:, :, j]), slope, self.config.confidence,
+                                           self.config.bootstrap_reps)
                 rows.append({"method": method, "step": j, **self._interval(np.abs(speeds[:, :, j] - targets), "mean"),
+                             **dict(zip(("slope", "slope_low", "slope_high"), follows, strict=True)),
                              "by_target": by_bin})
         return rows
 

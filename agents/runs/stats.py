@@ -8,7 +8,7 @@ the t quantile is computed exactly from the integer-degrees-of-freedom series of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -152,20 +152,18 @@ def stratified_bootstrap(strata: Sequence[Sequence[float] | np.ndarray], statist
     return point, float(low), float(high)
 
 
-def relative_gain_interval(before: Sequence[Sequence[float] | np.ndarray],
-                           after: Sequence[Sequence[float] | np.ndarray], confidence: float = 0.95,
-                           reps: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(point, low, high): the relative gain `(mean(after) - mean(before)) / |mean(before)|` (the MAML
-    paper's "39 % in one step") and its stratified-bootstrap interval.
+def paired_bootstrap(first: Sequence[Sequence[float] | np.ndarray], second: Sequence[Sequence[float] | np.ndarray],
+                     statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], confidence: float = 0.95,
+                     reps: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(point, low, high): `statistic(x, y)` of two paired values per task and its stratified-bootstrap
+    interval, a resampled task bringing both its values (as `stratified_bootstrap`, same resamples).
 
-    As `stratified_bootstrap`, but a resampled task brings its before and after values together, so
-    the interval keeps their correlation (dividing the gain's interval by the before mean does not).
-    The point is NaN where the mean before is zero, the interval where a resampled mean before is
-    zero or of the other sign (a ratio to a mean that may be zero has no bounds).
+    `statistic` maps `[..., n]` arrays to `[...]`; the interval is NaN if any resample gives NaN.
 
     Args:
-        before: one array per stratum (e.g. seed) of per-task values before adaptation.
-        after: the same tasks' values after, stratum by stratum and task by task.
+        first: one array per stratum (e.g. seed) of per-task values.
+        second: the same tasks' other values, stratum by stratum and task by task.
+        statistic: e.g. `relative_gain` or `slope`.
         confidence: coverage of the two-sided interval, in (0, 1).
         reps: bootstrap resamples.
         seed: seed of the resampling.
@@ -174,24 +172,51 @@ def relative_gain_interval(before: Sequence[Sequence[float] | np.ndarray],
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
-    pairs = [(np.asarray(b, dtype=np.float64).reshape(-1), np.asarray(a, dtype=np.float64).reshape(-1))
-             for b, a in zip(before, after, strict=True)]
-    if not pairs or any(b.size == 0 or b.shape != a.shape for b, a in pairs):
-        raise ValueError("before and after must hold the same non-empty strata, task for task")
+    pairs = [(np.asarray(x, dtype=np.float64).reshape(-1), np.asarray(y, dtype=np.float64).reshape(-1))
+             for x, y in zip(first, second, strict=True)]
+    if not pairs or any(x.size == 0 or x.shape != y.shape for x, y in pairs):
+        raise ValueError("both value sets must hold the same non-empty strata, task for task")
+    point = float(statistic(np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])))
+    indices = resample_indices([x.size for x, _ in pairs], reps, seed)
+    values = statistic(np.concatenate([x[i] for (x, _), i in zip(pairs, indices, strict=True)], axis=1),
+                       np.concatenate([y[i] for (_, y), i in zip(pairs, indices, strict=True)], axis=1))
+    if math.isnan(point) or np.isnan(values).any():
+        return point, math.nan, math.nan
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return point, float(low), float(high)
+
+
+def relative_gain_interval(before: Sequence[Sequence[float] | np.ndarray],
+                           after: Sequence[Sequence[float] | np.ndarray], confidence: float = 0.95,
+                           reps: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(point, low, high): the relative gain `(mean(after) - mean(before)) / |mean(before)|` (the MAML
+    paper's "39 % in one step") and its interval (`paired_bootstrap`: a task's before and after are
+    resampled together, so the interval keeps their correlation, which dividing the gain's interval
+    by the before mean does not). The point is NaN where the mean before is zero, the interval where
+    a resampled mean before is zero or of the other sign (a ratio to a mean that may be zero has no
+    bounds).
+
+    Args:
+        before: one array per stratum (e.g. seed) of per-task values before adaptation.
+        after: the same tasks' values after, stratum by stratum and task by task.
+        confidence: coverage of the two-sided interval, in (0, 1).
+        reps: bootstrap resamples.
+        seed: seed of the resampling.
+    """
+    sign = np.sign(np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in before]).mean())
 
     def relative(b: np.ndarray, a: np.ndarray) -> np.ndarray:
         base = b.mean(axis=-1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(base == 0, np.nan, (a.mean(axis=-1) - base) / np.abs(base))
+            return np.where((np.sign(base) != sign) | (base == 0), np.nan, (a.mean(axis=-1) - base) / np.abs(base))
 
-    point = float(relative(np.concatenate([b for b, _ in pairs]), np.concatenate([a for _, a in pairs])))
-    indices = resample_indices([b.size for b, _ in pairs], reps, seed)
-    before_resampled = np.concatenate([b[i] for (b, _), i in zip(pairs, indices, strict=True)], axis=1)
-    values = relative(before_resampled, np.concatenate([a[i] for (_, a), i in zip(pairs, indices, strict=True)],
-                                                       axis=1))
-    signs = np.sign(before_resampled.mean(axis=-1))
-    if math.isnan(point) or (signs != signs[0]).any() or signs[0] == 0:
-        return point, math.nan, math.nan  # the mean before may be zero: no ratio to bound
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(values, [tail, 1.0 - tail])
-    return point, float(low), float(high)
+    return paired_bootstrap(before, after, relative, confidence, reps, seed)
+
+
+def slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of `y` on `x` along the last axis (NaN where `x` does not vary)."""
+    dx = x - x.mean(axis=-1, keepdims=True)
+    variance = (dx * dx).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(variance > 0, (dx * (y - y.mean(axis=-1, keepdims=True))).sum(axis=-1) / variance, np.nan)

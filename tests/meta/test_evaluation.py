@@ -99,6 +99,13 @@ def test_intervals_pool_tasks_and_seeds_and_gains_are_paired(result) -> None:
     assert "relative gain" in markdown_from_dict(result.to_dict())
     versus = next(r for r in result.versus() if r["other"] == "random" and r["step"] == 0)
     assert versus["mean"] == pytest.approx((values[:, :, 0] - result.returns["random"][:, :, 0]).mean())
+    # Tracking: the slope of the speed reached on the target, over every (seed, task) pair.
+    targets, speeds = result.targets(), result.speeds["init"][:, :, 1]
+    track = next(r for r in result.tracking() if r["method"] == "init" and r["step"] == 1)
+    assert track["slope"] == pytest.approx(np.polyfit(targets.ravel(), speeds.ravel(), 1)[0])
+    # Four tasks: some resamples hold one target only, where no slope exists, so no interval either.
+    assert np.isnan(track["slope_low"]) and np.isnan(track["slope_high"])
+    assert track["mean"] == pytest.approx(np.abs(speeds - targets).mean())
 
 
 def test_each_seed_has_its_own_tasks_and_policy(policies) -> None:

@@ -10,8 +10,10 @@ import pytest
 from agents.runs.stats import (
     iqm,
     mean_confidence_interval,
+    paired_bootstrap,
     probability_of_improvement,
     relative_gain_interval,
+    slope,
     stratified_bootstrap,
     student_t_ppf,
 )
@@ -95,3 +97,15 @@ def test_relative_gain_resamples_each_tasks_before_and_after_together() -> None:
         relative_gain_interval([[1.0, 2.0]], [[1.0]])
     with pytest.raises(ValueError, match="confidence"):
         relative_gain_interval([[1.0]], [[2.0]], confidence=0.0)
+
+
+def test_slope_is_the_least_squares_slope_and_undefined_without_spread() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 2, size=50)
+    y = 0.4 * x + rng.normal(0, 0.1, size=50)
+    assert slope(x, y) == pytest.approx(np.polyfit(x, y, 1)[0])
+    np.testing.assert_allclose(slope(np.stack([x, x]), np.stack([y, 2 * y])), [np.polyfit(x, y, 1)[0],
+                                                                               2 * np.polyfit(x, y, 1)[0]])
+    assert np.isnan(slope(np.ones(5), np.arange(5.0)))
+    point, low, high = paired_bootstrap([x[:25], x[25:]], [y[:25], y[25:]], slope, reps=2000)
+    assert point == pytest.approx(np.polyfit(x, y, 1)[0]) and low < 0.4 < high and high - low < 0.2
