@@ -28,6 +28,27 @@ def common_methods(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     return [m for m in evaluations[0]["methods"] if all(m in data["methods"] for data in evaluations[1:])]
 
 
+def read_result(data: Mapping[str, Any], name: str) -> AdaptationResult:
+    """The evaluation in `data` (its JSON dict), its shape checked; one ValueError naming `name` and
+    the field otherwise."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name}: not an evaluation's results (a {type(data).__name__})")
+    shapes = {"metadata": dict, "learned_step_sizes": list, "by_experience": list, "retrieved": dict}
+    for key, kind in shapes.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ValueError(f"{name}: {key} must be a {kind.__name__}, got {type(data[key]).__name__}")
+    for key in ("sources", "training", "policy_sha256"):
+        value = (data.get("metadata") or {}).get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{name}: metadata.{key} must be a mapping of method -> value")
+    try:
+        return AdaptationResult.from_dict(dict(data))
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
+    except (TypeError, AttributeError, KeyError) as error:  # a part of another shape than evaluate_adaptation writes
+        raise ValueError(f"{name}: not an evaluation's results ({type(error).__name__}: {error})") from error
+
+
 def settings_of(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     """An evaluation's settings that must agree for pooling: its config with every default filled in
     (a file written before a setting existed holds it at its default), less `FREE_SETTINGS`."""
@@ -102,9 +123,9 @@ def pool_evaluations(evaluations: Sequence[Mapping[str, Any]], methods: Sequence
         names: how to name each file in errors and in `pooled_from` (default: its position).
     """
     names = list(names) if names is not None else [f"evaluation {i + 1}" for i in range(len(evaluations))]
+    parts = [read_result(data, name) for data, name in zip(evaluations, names, strict=True)]
     methods = list(methods) if methods is not None else common_methods(evaluations)
     check_poolable(evaluations, methods, names)
-    parts = [AdaptationResult.from_dict(dict(data)) for data in evaluations]
     first = parts[0]
     seeds = tuple(seed for part in parts for seed in part.seeds)
     config = AdaptationConfig(**{**vars(first.config), "seeds": seeds})

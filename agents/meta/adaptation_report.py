@@ -21,21 +21,27 @@ from agents.meta.adaptation_result import AdaptationResult, nan_to_none, step_la
 from agents.runs.atomic import PathLike, atomic_write_bytes, atomic_write_text
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _interval_cell(row: Mapping[str, Any], key: str, precision: int, signed: bool = False) -> str:
     sign = "+" if signed else ""
     low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    if not _finite(row.get(key)):  # e.g. a slope where every target is the same (null in the JSON)
+        return "n/a"
     cell = f"{row[key]:{sign}.{precision}f}"
-    if low is not None and high is not None:
+    if _finite(low) and _finite(high):
         cell += f" [{low:{sign}.{precision}f}, {high:{sign}.{precision}f}]"
     return cell
 
 
 def _percent_cell(row: Mapping[str, Any], key: str) -> str:
     values = [row.get(k) for k in (key, f"{key}_low", f"{key}_high")]
-    if any(v is None or not math.isfinite(v) for v in values[:1]):
+    if not _finite(values[0]):
         return "n/a"
     cell = f"{100 * values[0]:+.1f}"
-    if all(v is not None and math.isfinite(v) for v in values[1:]):
+    if all(_finite(v) for v in values[1:]):
         cell += f" [{100 * values[1]:+.1f}, {100 * values[2]:+.1f}]"
     return cell
 

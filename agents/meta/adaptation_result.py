@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.runs.config import config_from_dict
 from agents.runs.stats import paired_bootstrap, relative_gain_interval, slope, stratified_bootstrap
 from envs.tasks import Task
 
@@ -269,11 +270,7 @@ def config_from_json(config: Any) -> AdaptationConfig:
     """The `AdaptationConfig` an evaluation's JSON stored; ValueError naming `config` if it is not one."""
     if not isinstance(config, dict) or not isinstance(config.get("seeds"), list):
         raise ValueError(f"config: need a mapping with a list of seeds, got {config!r}")
-    unknown = set(config) - set(AdaptationConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"config: unknown fields {sorted(unknown)}; allowed: "
-                         f"{sorted(AdaptationConfig.__dataclass_fields__)}")
-    return AdaptationConfig(**{**config, "seeds": tuple(config["seeds"])})
+    return config_from_dict(AdaptationConfig, config)  # names an unknown field or a wrong type
 
 
 def nan_to_none(value: Any) -> Any:

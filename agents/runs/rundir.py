@@ -151,6 +151,20 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
+def _fill_defaults(stored: dict[str, Any], defaults: Mapping[str, Any], given: Mapping[str, Any],
+                   skip: Iterable[str] = ()) -> None:
+    """Give `stored` every key it lacks, at any depth, whose value in `given` is its default: a field
+    added to the code (or to a nested section of the config) after the run started."""
+    for key, value in defaults.items():
+        if key in skip:
+            continue
+        if key not in stored:
+            if given.get(key) == value:
+                stored[key] = value
+        elif isinstance(value, Mapping) and isinstance(stored[key], dict) and isinstance(given.get(key), Mapping):
+            _fill_defaults(stored[key], value, given[key])
+
+
 def prepare_run_dir(
     path: PathLike,
     *,
@@ -170,8 +184,9 @@ def prepare_run_dir(
         force: move a run already there aside to `<path>.old-<timestamp>` and start fresh (never deletes).
         config: the resolved config; written to config.yaml (atomically) when the run is created.
         changeable: top-level config keys allowed to differ on resume.
-        defaults: the config class's defaults: a key the stored config lacks (a field added to the
-            code after the run started) is no difference when the given value is its default.
+        defaults: the config class's defaults: a key the stored config lacks, at the top or in a
+            nested section (a field added to the code after the run started), is no difference
+            when the given value is its default.
 
     An existing non-empty directory without resume or force is a ValueError, and nothing is touched.
     """
@@ -191,9 +206,7 @@ def prepare_run_dir(
         skip = set(changeable)
         given = yaml.safe_load(text)  # the YAML round trip makes tuples lists, as in the stored copy
         stored = {k: v for k, v in load_yaml(root / CONFIG_FILE).items() if k not in skip}
-        for key, value in yaml.safe_load(_dump_config(dict(defaults or {}))).items():
-            if key not in stored and key not in skip and given.get(key) == value:
-                stored[key] = value
+        _fill_defaults(stored, yaml.safe_load(_dump_config(dict(defaults or {}))), given, skip)
         differing = _config_diff(stored, {k: v for k, v in given.items() if k not in skip})
         if differing:
             raise ValueError(f"cannot resume {root}: config differs from the stored config.yaml in "

@@ -204,7 +204,10 @@ def relative_gain_interval(before: Sequence[Sequence[float] | np.ndarray],
         reps: bootstrap resamples.
         seed: seed of the resampling.
     """
-    sign = np.sign(np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in before]).mean())
+    values = [np.asarray(b, dtype=np.float64).reshape(-1) for b in before]
+    if not values or any(v.size == 0 for v in values):
+        raise ValueError("both value sets must hold the same non-empty strata, task for task")
+    sign = np.sign(np.concatenate(values).mean())
 
     def relative(b: np.ndarray, a: np.ndarray) -> np.ndarray:
         base = b.mean(axis=-1)
@@ -218,5 +221,6 @@ def slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slope of `y` on `x` along the last axis (NaN where `x` does not vary)."""
     dx = x - x.mean(axis=-1, keepdims=True)
     variance = (dx * dx).sum(axis=-1)
+    varies = np.ptp(x, axis=-1) > 0  # not variance > 0: rounding leaves ~1e-33 for a constant x
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(variance > 0, (dx * (y - y.mean(axis=-1, keepdims=True))).sum(axis=-1) / variance, np.nan)
+        return np.where(varies, (dx * (y - y.mean(axis=-1, keepdims=True))).sum(axis=-1) / variance, np.nan)

@@ -382,6 +382,17 @@ def test_a_run_from_before_learned_step_sizes_resumes_as_it_began(tmp_path: Path
     resume(learned, "learned", learned_step_sizes=False)
 
 
+def test_the_script_resumes_a_run_stored_before_fields_were_added(tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, video=False)
+    config = config_to_dict(config_from_dict(CurriculumConfig, yaml.safe_load(config_path.read_text())))
+    old = {key: value for key, value in config.items() if key != "learned_step_sizes"}
+    old["regularizer"] = {key: value for key, value in old["regularizer"].items() if key != "critic"}
+    prepare_run_dir(tmp_path / "run", config=old)  # as a run started before those fields existed left it
+    done = run_script(config_path, tmp_path / "run", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "report.md").is_file()
+
+
 def test_what_the_regulariser_leaves_free() -> None:
     from agents.continual.loop import unanchored
 

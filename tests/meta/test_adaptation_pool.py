@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from agents.meta.adaptation_pool import pool_evaluations
+from agents.meta.adaptation_report import markdown_from_dict
 from agents.meta.adaptation_result import AdaptationConfig, AdaptationResult
 from agents.meta.evaluation import compare, random_init
 from envs.tasks import TaskDistribution
@@ -77,6 +78,12 @@ def test_files_that_differ_in_more_than_their_tasks_are_refused(policies) -> Non
         ([a, other_policy], "maml is another policy"),
         ([a, other_family], "family"),
         ([a, {**evaluation(policies, (1,)), "learned_step_sizes": ["maml"]}], "other step sizes"),
+        ([a, {**evaluation(policies, (1,)), "by_experience": ["maml"]}], "by_experience"),
+        ([a, {**evaluation(policies, (1,)), "retrieved": {"maml": [["skill"]]}}], "retrieved"),
+        ([a, {**evaluation(policies, (1,)), "learned_step_sizes": 5}], "learned_step_sizes must be a list"),
+        ([a, {**evaluation(policies, (1,)), "metadata": {**a["metadata"], "policy_sha256": "x"}}],
+         "metadata.policy_sha256"),
+        ([a, {**evaluation(policies, (1,)), "tasks": [[{"goal": 5}, {"goal": 5}]]}], "evaluation 2: "),
         ([a, {**evaluation(policies, (1,)), "robot": "quadruped"}], "robot"),
         ([a, {**evaluation(policies, (1,)), "config": {**a["config"], "seeds": [1], "lr": 1}}], "unknown fields"),
     ]
@@ -94,6 +101,11 @@ def test_files_that_differ_in_more_than_their_tasks_are_refused(policies) -> Non
             AdaptationResult.from_dict({**a, "records": records})
     with pytest.raises(ValueError, match="tasks"):
         AdaptationResult.from_dict({**a, "tasks": []})
+    # A statistic without a value (a slope over one target) is shown as n/a, not a crash.
+    one_target = {**a, "tracking": [{**row, "slope": None, "slope_low": None, "slope_high": None}
+                                    for row in a["tracking"]]}
+    text = markdown_from_dict(one_target)
+    assert "Slope of the speed reached on the target" in text and "| maml | n/a |" in text
 
 
 def test_the_script_writes_the_pooled_json_and_refuses_bad_input_in_one_line(policies, tmp_path: Path,

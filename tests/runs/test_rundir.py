@@ -99,6 +99,13 @@ def test_resume_checks_the_config(tmp_path: Path) -> None:
         prepare_run_dir(root, resume=True, config={**newer, "estimator": "dice"}, defaults={"estimator": "score"})
     with pytest.raises(ValueError, match=r"in estimator"):
         prepare_run_dir(root, resume=True, config=newer)
+    # ... also inside a nested section.
+    nested = {**newer, "ppo": {**CONFIG["ppo"], "ent_coef": 0.0}}
+    defaults = {"estimator": "score", "ppo": {"lr": 3e-4, "ent_coef": 0.0}}
+    assert prepare_run_dir(root, resume=True, config=nested, defaults=defaults).resumed
+    with pytest.raises(ValueError, match=r"in ppo\.ent_coef"):
+        prepare_run_dir(root, resume=True, config={**nested, "ppo": {**CONFIG["ppo"], "ent_coef": 0.1}},
+                        defaults=defaults)
     assert _files(root) == before
     # A mistyped or missing run directory is an error, and nothing is created.
     with pytest.raises(ValueError, match="holds no run to resume"):

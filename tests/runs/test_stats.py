@@ -107,5 +107,9 @@ def test_slope_is_the_least_squares_slope_and_undefined_without_spread() -> None
     np.testing.assert_allclose(slope(np.stack([x, x]), np.stack([y, 2 * y])), [np.polyfit(x, y, 1)[0],
                                                                                2 * np.polyfit(x, y, 1)[0]])
     assert np.isnan(slope(np.ones(5), np.arange(5.0)))
+    assert np.isnan(slope(np.full(21, 0.7), np.arange(21.0)))  # a constant that does not average exactly
+    # The paired bootstrap draws the stratified bootstrap's resamples.
+    strata = [x[:20], x[20:]]
+    assert paired_bootstrap(strata, strata, lambda a, b: a.mean(-1)) == stratified_bootstrap(strata)
     point, low, high = paired_bootstrap([x[:25], x[25:]], [y[:25], y[25:]], slope, reps=2000)
     assert point == pytest.approx(np.polyfit(x, y, 1)[0]) and low < 0.4 < high and high - low < 0.2
