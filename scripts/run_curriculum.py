@@ -12,7 +12,8 @@ import dataclasses
 from pathlib import Path
 
 from agents.continual.curriculum import CurriculumConfig, RegularizerConfig
-from agents.continual.loop import Curriculum, check_curriculum, resume_defaults
+from agents.continual.loop import Curriculum
+from agents.continual.preflight import check_curriculum, resume_defaults
 from agents.continual.report import write_report
 from agents.runs.cli import DEBUG_HELP, RESUME_HINT, check_writable, run_script
 from agents.runs.config import config_from_dict, config_to_dict, resolve_config_paths

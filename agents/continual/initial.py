@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from agents.continual.curriculum import CurriculumConfig
 from agents.meta.context import ContextPolicy
 from agents.meta.context_train import CHECKPOINT_KIND as CONTEXT_KIND
 from agents.meta.context_train import load_context_policy
+from agents.meta.inner import InnerLR
 from agents.policy import GaussianMLPPolicy
 from agents.runs.checkpoint import load_checkpoint
 from agents.sampler import Sampler
@@ -40,6 +42,13 @@ def load_init(path: str | Path, robot: str, obs_dim: int, act_dim: int) -> Gauss
 def init_step_sizes(path: str | Path) -> dict[str, torch.Tensor] | None:
     """The inner step sizes meta-learned with the checkpoint at `path` (Meta-SGD), or None."""
     return load_checkpoint(path).extra_state.get("inner_lrs")
+
+
+def adaptation_step_sizes(config: CurriculumConfig) -> InnerLR:
+    """The stage-start adaptation's step sizes: the init's learned ones (Meta-SGD) if it has them
+    and `config.learned_step_sizes`, else `config.inner_lr`."""
+    learned = init_step_sizes(config.init) if config.init != "scratch" and config.learned_step_sizes else None
+    return config.inner_lr if learned is None else learned
 
 
 def fold_context(student: ContextPolicy, sampler: Sampler, task: Task, episodes: int, seed: int

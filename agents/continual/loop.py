@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,16 +23,16 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
-from agents.continual.initial import fold_context, fresh_policy, init_step_sizes, load_init
+from agents.continual.initial import adaptation_step_sizes, fold_context, fresh_policy, load_init
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO
 from agents.continual.sb3_transfer import policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
 from agents.continual.snapshot import capture_training, event_file_logger, restore_training
 from agents.continual.stage import CurriculumState, StageCallback, StageProgress
-from agents.meta.inner import InnerLR, adapt, check_step_sizes
+from agents.meta.inner import adapt
 from agents.policy import GaussianMLPPolicy, Params
 from agents.runs.checkpoint import load_checkpoint, restore_rng_state
-from agents.runs.config import config_defaults, config_to_dict
+from agents.runs.config import config_to_dict
 from agents.runs.rundir import MetricsLog, RunDir, latest_checkpoint, save_step_checkpoint
 from agents.runs.tensorboard import EventFile
 from agents.sampler import Sampler
@@ -51,44 +50,6 @@ def unanchored(task_heads: bool, anchor_log_std: bool) -> tuple[str, ...]:
     if task_heads:
         return SB3_HEAD
     return () if anchor_log_std else ("log_std",)
-
-
-def check_curriculum(config: CurriculumConfig) -> None:
-    """Everything that can be checked before a run directory is touched: every task on the robot
-    (actuator indices, headings) and the initial checkpoint (robot, observation and action sizes).
-
-    Raises:
-        ValueError: naming the stage or field at fault.
-    """
-    from envs.locomotion import LocomotionEnv
-
-    probe = LocomotionEnv(config.robot, height_scan=config.height_scan, goal_in_obs=config.goal_in_obs)
-    named = [(f"stages[{i}]", s) for i, s in enumerate(config.stages)]
-    named += [(f"evaluation.held_out[{i}]", s) for i, s in enumerate(config.evaluation.held_out)]
-    for where, stage in named:
-        task = stage.task(where)
-        try:
-            probe.set_task(task)
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from error
-    if config.init != "scratch":
-        start = load_init(config.init, config.robot, probe.observation_space.shape[0], probe.action_space.shape[0])
-        sizes = init_step_sizes(config.init) if config.learned_step_sizes else None
-        if sizes is not None:
-            check_step_sizes(sizes, start.parameters_dict(), "adapt_steps (the init's learned inner_lrs; "
-                             "learned_step_sizes: false adapts with inner_lr instead)", config.adapt_steps)
-    probe.close()
-
-
-def resume_defaults(config: CurriculumConfig) -> dict[str, Any]:
-    """What a run directory's stored config means by a field it lacks (one added to the code after
-    the run started), for `prepare_run_dir(defaults=...)`: the field's default, except
-    `learned_step_sizes` where the init has learned sizes: runs made before that field adapted with
-    `inner_lr`, so resuming one needs `learned_step_sizes: false` to continue as it began."""
-    defaults = config_defaults(CurriculumConfig)
-    if config.init != "scratch" and init_step_sizes(config.init) is not None:
-        defaults["learned_step_sizes"] = False
-    return defaults
 
 
 class Curriculum:
@@ -112,7 +73,7 @@ class Curriculum:
         self.sampler = Sampler(config.robot, config.horizon, height_scan=config.height_scan,
                                goal_in_obs=config.goal_in_obs)
         self.policy = self._initial_policy()
-        self.step_sizes = self._step_sizes()
+        self.step_sizes = adaptation_step_sizes(config)
         self.model = self._make_model()
         self.schedule = Schedule(config)
         self.heads: dict[int, Params] = {}  # pool index -> its output layer (config.task_heads)
@@ -137,13 +98,6 @@ class Curriculum:
             print(f"init: context adapter, its estimate from {cfg.adapt_episodes} episodes on "
                   f"{cfg.stages[0].label} (return {experience_return:.1f}) folded into the policy")
         return policy
-
-    def _step_sizes(self) -> InnerLR:
-        """The stage-start adaptation's step sizes: the init's learned ones if it has them (and
-        `learned_step_sizes`), else `inner_lr`."""
-        cfg = self.config
-        learned = init_step_sizes(cfg.init) if cfg.init != "scratch" and cfg.learned_step_sizes else None
-        return cfg.inner_lr if learned is None else learned
 
     def _make_env(self, task: Task, seed: int = 0) -> VecEnv:
         cfg = self.config

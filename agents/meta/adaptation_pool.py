@@ -49,14 +49,11 @@ def read_result(data: Mapping[str, Any], name: str) -> AdaptationResult:
         raise ValueError(f"{name}: not an evaluation's results ({type(error).__name__}: {error})") from error
 
 
-def settings_of(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+def settings_of(data: Mapping[str, Any]) -> dict[str, Any]:
     """An evaluation's settings that must agree for pooling: its config with every default filled in
     (a file written before a setting existed holds it at its default), less `FREE_SETTINGS`."""
-    try:
-        config = vars(config_from_json(data.get("config")))
-    except ValueError as error:
-        raise ValueError(f"{name}: {error}") from error
-    return {key: value for key, value in config.items() if key not in FREE_SETTINGS}
+    return {key: value for key, value in vars(config_from_json(data.get("config"))).items()
+            if key not in FREE_SETTINGS}
 
 
 def check_poolable(evaluations: Sequence[Mapping[str, Any]], methods: Sequence[str], names: Sequence[str]) -> None:
@@ -80,7 +77,7 @@ def check_poolable(evaluations: Sequence[Mapping[str, Any]], methods: Sequence[s
         if data["robot"] != first["robot"] or data["tasks_per_seed"] != first["tasks_per_seed"]:
             raise ValueError(f"{name}: robot {data['robot']!r} with {data['tasks_per_seed']} tasks per seed; "
                              f"the first file has {first['robot']!r} with {first['tasks_per_seed']}")
-        settings, first_settings = settings_of(data, name), settings_of(first, "the first file")
+        settings, first_settings = settings_of(data), settings_of(first)
         for key, value in settings.items():
             if value != first_settings[key]:
                 raise ValueError(f"{name}: config.{key} is {value!r}, the first file's {first_settings[key]!r}")

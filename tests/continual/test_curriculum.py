@@ -314,7 +314,7 @@ def test_the_stage_start_adaptation_can_be_kept_to_the_first_stage(tmp_path: Pat
 
 
 def test_the_stage_start_adaptation_takes_the_inits_learned_step_sizes(tmp_path: Path) -> None:
-    from agents.continual.loop import check_curriculum
+    from agents.continual.preflight import check_curriculum
     from agents.policy import GaussianMLPPolicy
     from agents.runs.checkpoint import save_checkpoint
 
@@ -358,7 +358,7 @@ def test_the_stage_start_adaptation_takes_the_inits_learned_step_sizes(tmp_path:
 
 
 def test_a_run_from_before_learned_step_sizes_resumes_as_it_began(tmp_path: Path) -> None:
-    from agents.continual.loop import resume_defaults
+    from agents.continual.preflight import resume_defaults
     from agents.policy import GaussianMLPPolicy
     from agents.runs.checkpoint import save_checkpoint
 

@@ -111,7 +111,7 @@ def test_each_shipped_curriculum_config_loads_from_any_directory(name: str, tmp_
     """Each shipped curriculum resolves its init from anywhere and passes every pre-run check (its
     tasks on its robot, its init's robot and observation)."""
     from agents.continual.curriculum import CurriculumConfig
-    from agents.continual.loop import check_curriculum
+    from agents.continual.preflight import check_curriculum
     from agents.runs.config import config_from_dict
     from agents.runs.rundir import load_yaml
 
