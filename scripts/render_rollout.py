@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from agents.continual.initial import fold_context, init_step_sizes, load_init
+from agents.continual.initial import fold_context, learned_step_sizes_or, load_init
 from agents.meta.context import ContextPolicy
-from agents.meta.inner import InnerLR, adapt, check_step_sizes
+from agents.meta.inner import InnerLR, adapt
 from agents.policy import GaussianMLPPolicy
 from agents.runs.cli import DEBUG_HELP, check_writable, run_script
 from agents.runs.video import render_policy
@@ -69,11 +69,8 @@ def adaptation_step_sizes(checkpoint: Path, policy: GaussianMLPPolicy, inner_lr:
     (Meta-SGD), else 0.1; learned per-step sizes must cover `adapt_steps` (ValueError otherwise)."""
     if inner_lr is not None:
         return inner_lr
-    learned = init_step_sizes(checkpoint)
-    if learned is None:
-        return DEFAULT_INNER_LR
-    check_step_sizes(learned, policy.parameters_dict(), "--adapt-steps (the checkpoint's inner_lrs)", adapt_steps)
-    return learned
+    return learned_step_sizes_or(checkpoint, DEFAULT_INNER_LR, policy.parameters_dict(), adapt_steps,
+                                 "--adapt-steps (the checkpoint's inner_lrs)")
 
 
 def main() -> None:

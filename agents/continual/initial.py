@@ -10,6 +10,7 @@ which the stages then adapt and train like any other initialisation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from agents.continual.curriculum import CurriculumConfig
 from agents.meta.context import ContextPolicy
 from agents.meta.context_train import CHECKPOINT_KIND as CONTEXT_KIND
 from agents.meta.context_train import load_context_policy
-from agents.meta.inner import InnerLR
+from agents.meta.inner import InnerLR, check_step_sizes
 from agents.policy import GaussianMLPPolicy
 from agents.runs.checkpoint import load_checkpoint
 from agents.sampler import Sampler
@@ -44,11 +45,28 @@ def init_step_sizes(path: str | Path) -> dict[str, torch.Tensor] | None:
     return load_checkpoint(path).extra_state.get("inner_lrs")
 
 
-def adaptation_step_sizes(config: CurriculumConfig) -> InnerLR:
-    """The stage-start adaptation's step sizes: the init's learned ones (Meta-SGD) if it has them
-    and `config.learned_step_sizes`, else `config.inner_lr`."""
-    learned = init_step_sizes(config.init) if config.init != "scratch" and config.learned_step_sizes else None
-    return config.inner_lr if learned is None else learned
+def learned_step_sizes_or(init: str | Path, fallback: float, params: Mapping[str, torch.Tensor] | None = None,
+                          steps: int | None = None, field: str = "inner_lrs") -> InnerLR:
+    """The step sizes meta-learned with the checkpoint at `init` (Meta-SGD), else `fallback`. With
+    `params`, learned sizes are checked against them and, per-step ones, to cover `steps`
+    (`check_step_sizes`: a ValueError naming `field`)."""
+    learned = init_step_sizes(init)
+    if learned is None:
+        return fallback
+    if params is not None:
+        check_step_sizes(learned, params, field, steps)
+    return learned
+
+
+def curriculum_step_sizes(config: CurriculumConfig, params: Mapping[str, torch.Tensor] | None = None) -> InnerLR:
+    """A curriculum's stage-start step sizes: its init's learned ones if it has them and
+    `config.learned_step_sizes`, else `config.inner_lr`; with `params`, checked against the init's
+    parameters and `config.adapt_steps`."""
+    if config.init == "scratch" or not config.learned_step_sizes:
+        return config.inner_lr
+    return learned_step_sizes_or(config.init, config.inner_lr, params, config.adapt_steps,
+                                 "adapt_steps (the init's learned inner_lrs; learned_step_sizes: false adapts "
+                                 "with inner_lr instead)")
 
 
 def fold_context(student: ContextPolicy, sampler: Sampler, task: Task, episodes: int, seed: int

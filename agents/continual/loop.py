@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm import tqdm
 
 from agents.continual.curriculum import CurriculumConfig, Schedule
-from agents.continual.initial import adaptation_step_sizes, fold_context, fresh_policy, load_init
+from agents.continual.initial import curriculum_step_sizes, fold_context, fresh_policy, load_init
 from agents.continual.regularizers import make_regularizer
 from agents.continual.sb3 import EWCPPO
 from agents.continual.sb3_transfer import policy_to_sb3, sb3_names, sb3_policy_kwargs, sb3_to_policy
@@ -73,7 +73,7 @@ class Curriculum:
         self.sampler = Sampler(config.robot, config.horizon, height_scan=config.height_scan,
                                goal_in_obs=config.goal_in_obs)
         self.policy = self._initial_policy()
-        self.step_sizes = adaptation_step_sizes(config)
+        self.step_sizes = curriculum_step_sizes(config)
         self.model = self._make_model()
         self.schedule = Schedule(config)
         self.heads: dict[int, Params] = {}  # pool index -> its output layer (config.task_heads)

@@ -5,12 +5,10 @@ config from an older version means by a field it lacks (`resume_defaults`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from agents.continual.curriculum import CurriculumConfig
-from agents.continual.initial import adaptation_step_sizes, init_step_sizes, load_init
-from agents.meta.inner import check_step_sizes
+from agents.continual.initial import curriculum_step_sizes, init_step_sizes, load_init
 from agents.runs.config import config_defaults
 
 
@@ -34,10 +32,7 @@ def check_curriculum(config: CurriculumConfig) -> None:
             raise ValueError(f"{where}: {error}") from error
     if config.init != "scratch":
         start = load_init(config.init, config.robot, probe.observation_space.shape[0], probe.action_space.shape[0])
-        sizes = adaptation_step_sizes(config)
-        if isinstance(sizes, Mapping):
-            check_step_sizes(sizes, start.parameters_dict(), "adapt_steps (the init's learned inner_lrs; "
-                             "learned_step_sizes: false adapts with inner_lr instead)", config.adapt_steps)
+        curriculum_step_sizes(config, start.parameters_dict())  # learned sizes must fit and cover adapt_steps
     probe.close()
 
 
