@@ -32,7 +32,7 @@ def check_curriculum(config: CurriculumConfig) -> None:
             raise ValueError(f"{where}: {error}") from error
     if config.init != "scratch":
         start = load_init(config.init, config.robot, probe.observation_space.shape[0], probe.action_space.shape[0])
-        curriculum_step_sizes(config, start.parameters_dict())  # learned sizes must fit and cover adapt_steps
+        curriculum_step_sizes(config, dict(start.named_parameters()))  # learned sizes must fit, cover adapt_steps
     probe.close()
 
 
